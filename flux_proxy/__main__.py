@@ -1,0 +1,3 @@
+from flux_proxy.cli import main
+
+raise SystemExit(main())

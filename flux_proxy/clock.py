@@ -1,0 +1,48 @@
+"""One injectable source of time, so "next 00:00 UTC" is testable without waiting a day."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+
+class Clock:
+    """Wall-clock time in Unix seconds. Tests pass a `FrozenClock` instead."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+class FrozenClock(Clock):
+    """A clock that only moves when told to."""
+
+    def __init__(self, start: float) -> None:
+        self._now = start
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+
+    def set(self, timestamp: float) -> None:
+        self._now = timestamp
+
+
+def utc_day(timestamp: float) -> str:
+    """The UTC calendar day a timestamp falls in, as `YYYY-MM-DD` (Cloudflare's budget period)."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
+
+
+def next_utc_midnight(timestamp: float) -> float:
+    """The first 00:00 UTC strictly after `timestamp`: when daily neuron allocations reset."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    midnight = datetime(moment.year, moment.month, moment.day, tzinfo=UTC) + timedelta(days=1)
+    return midnight.timestamp()
+
+
+def iso(timestamp: float | None) -> str | None:
+    """An ISO-8601 UTC rendering for health pages and logs."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")

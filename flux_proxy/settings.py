@@ -1,0 +1,236 @@
+"""All configuration, in one pydantic-settings class. Nothing else reads the environment.
+
+Values come from the environment, then `.env`, then the seed's `.dev.vars`. Accounts use the
+seed's numbered names, `CF_API_TOKEN_<N>` + `ACCOUNT_<N>`, for any N >= 1 with gaps allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from flux_proxy.models import DEFAULT_ALIASES, DEFAULT_MODEL_ID
+
+ENV_FILES = (".dev.vars", ".env")  # later files win, and the environment wins over both
+
+_NUMBERED = re.compile(r"^(CF_API_TOKEN|ACCOUNT|CF_DAILY_NEURONS)_(\d+)$")
+
+
+class AccountConfig(BaseModel):
+    """One Cloudflare account the pool may call."""
+
+    number: int  # the N in ACCOUNT_<N>; tried in ascending order
+    account_id: str
+    token: SecretStr
+    daily_neurons: float | None = None  # None: use the global default; 0 means unlimited
+
+    @property
+    def masked_id(self) -> str:
+        return mask(self.account_id)
+
+
+def mask(value: str) -> str:
+    """Show enough of an id to recognise it, never enough to use it."""
+    if len(value) <= 8:
+        return "*" * len(value)
+    return f"{value[:4]}…{value[-4:]}"
+
+
+class ConfigError(ValueError):
+    """A setting that stops start-up; the message names the variable to fix."""
+
+
+def parse_accounts(values: dict[str, str]) -> list[AccountConfig]:
+    tokens: dict[int, str] = {}
+    ids: dict[int, str] = {}
+    budgets: dict[int, str] = {}
+    for key, value in values.items():
+        match = _NUMBERED.match(key)
+        if not match or value is None or str(value).strip() == "":
+            continue
+        kind, number = match.group(1), int(match.group(2))
+        if number < 1:
+            raise ConfigError(f"{key}: account numbers start at 1")
+        {"CF_API_TOKEN": tokens, "ACCOUNT": ids, "CF_DAILY_NEURONS": budgets}[kind][number] = str(
+            value
+        ).strip()
+    for number in sorted(set(tokens) | set(ids)):
+        if number not in tokens:
+            raise ConfigError(f"ACCOUNT_{number} is set but CF_API_TOKEN_{number} is not")
+        if number not in ids:
+            raise ConfigError(f"CF_API_TOKEN_{number} is set but ACCOUNT_{number} is not")
+    for number in budgets:
+        if number not in ids:
+            raise ConfigError(f"CF_DAILY_NEURONS_{number} is set but account {number} is not")
+    return [
+        AccountConfig(
+            number=number,
+            account_id=ids[number],
+            token=SecretStr(tokens[number]),
+            daily_neurons=(
+                parse_budget(budgets[number], f"CF_DAILY_NEURONS_{number}")
+                if number in budgets
+                else None
+            ),
+        )
+        for number in sorted(ids)
+    ]
+
+
+def parse_budget(value: Any, name: str) -> float:
+    """A daily neuron budget: a number, or `0`/`unlimited` for paid accounts (0 = no limit)."""
+    text = str(value).strip().lower()
+    if text in ("unlimited", "none", "0", ""):
+        return 0.0
+    try:
+        budget = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number or 'unlimited'") from None
+    if budget < 0:
+        raise ConfigError(f"{name} must not be negative")
+    return budget
+
+
+class _NumberedAccountsSource(PydanticBaseSettingsSource):
+    """Collects the numbered account variables, which no fixed field name can describe."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by this source
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, str] = {}
+        env_files = self.settings_cls.model_config.get("env_file") or ()
+        dotenv = DotEnvSettingsSource(self.settings_cls, env_file=env_files, case_sensitive=True)
+        values.update({k: v for k, v in dotenv.env_vars.items() if v is not None})
+        values.update(os.environ)
+        numbered = {k: v for k, v in values.items() if _NUMBERED.match(k)}
+        return {"accounts": parse_accounts(numbered)}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=ENV_FILES,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # --- access -------------------------------------------------------------------------
+    api_master_key: SecretStr | None = Field(
+        default=None, description="One key, or several separated by commas."
+    )
+    no_auth: bool = Field(default=False, description="Serve without a key (CLI --no-auth only).")
+
+    # --- upstream -----------------------------------------------------------------------
+    cf_api_base_url: str = "https://api.cloudflare.com/client/v4"
+    accounts: list[AccountConfig] = Field(default_factory=list)
+    default_model: str = DEFAULT_MODEL_ID
+    model_aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_ALIASES),
+        description="name=model pairs separated by commas, or a JSON object.",
+    )
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 150.0  # FLUX.2 dev can take a minute at 1920x1080
+    request_deadline: float = 300.0  # one request's whole failover, across accounts
+
+    # --- the pool -----------------------------------------------------------------------
+    routing_strategy: Literal["ordered", "round_robin", "most_remaining"] = "ordered"
+    daily_neurons: float = 10_000.0  # each account's daily budget; 0 = unlimited
+    account_concurrency: int = Field(default=4, ge=1)
+    slot_wait_seconds: float = Field(default=10.0, ge=0)
+    rate_limit_cooldown: float = 60.0  # a 429 without Retry-After
+    capacity_cooldown: float = 15.0  # 3040 "capacity temporarily exceeded"
+
+    # --- state --------------------------------------------------------------------------
+    data_dir: Path = Path(".flux-proxy")
+    state_backend: Literal["auto", "memory", "sqlite", "redis"] = "auto"
+    redis_url: str | None = None
+    redis_prefix: str = "flux-proxy:"
+
+    # --- requests and responses ---------------------------------------------------------
+    max_prompt_chars: int = 10_000
+    max_image_bytes: int = 10 * 1024 * 1024  # one reference image
+    max_body_bytes: int = 50 * 1024 * 1024  # a whole request
+    image_ttl_seconds: int = 3600  # URL responses, like OpenAI's
+    public_base_url: str | None = None
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- operations ---------------------------------------------------------------------
+    log_format: Literal["json", "text"] = "text"
+    log_level: str = "INFO"
+    log_prompts: bool = False
+    emulator: bool = Field(default=False, description="Set by `serve --emulator`.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls,
+        init_settings,
+        env_settings,
+        dotenv_settings,
+        file_secret_settings,
+    ):
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            _NumberedAccountsSource(settings_cls),
+            file_secret_settings,
+        )
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _parse_aliases(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
+            return {name.strip(): target.strip() for name, target in pairs}
+        return value
+
+    @field_validator("trusted_proxies", "cors_origins", mode="before")
+    @classmethod
+    def _parse_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("daily_neurons", mode="before")
+    @classmethod
+    def _parse_daily_neurons(cls, value: Any) -> Any:
+        return parse_budget(value, "DAILY_NEURONS")
+
+    @property
+    def master_keys(self) -> list[str]:
+        if self.api_master_key is None:
+            return []
+        raw = self.api_master_key.get_secret_value()
+        return [key.strip() for key in raw.split(",") if key.strip()]
+
+    def budget_for(self, account: AccountConfig) -> float | None:
+        """The account's daily budget in neurons, or None for unlimited."""
+        budget = account.daily_neurons if account.daily_neurons is not None else self.daily_neurons
+        return budget or None
+
+    @property
+    def resolved_state_backend(self) -> str:
+        if self.state_backend != "auto":
+            return self.state_backend
+        return "redis" if self.redis_url else "sqlite"

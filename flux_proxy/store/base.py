@@ -1,0 +1,120 @@
+"""The state-store interface: one narrow seam between the pool and its memory.
+
+Back-ends: `MemoryStore` (tests, `state_backend=memory`), `SqliteStore` (the default: survives
+restarts, even `kill -9`), `RedisStore` (several replicas share one view). The pool and the image
+store speak only this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+BlockKind = Literal["parked", "cooling", "disabled"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """Why an account must not be called, and until when.
+
+    parked: daily neuron allocation spent, until the next 00:00 UTC.
+    cooling: rate limited or over capacity, for a short while.
+    disabled: bad token or blocked account; `until` None means until the operator fixes it
+    (a restart with a new token clears it, because the block is keyed by the account's token
+    fingerprint, see `AccountPool`).
+    """
+
+    kind: BlockKind
+    until: float | None  # Unix seconds; None = no end
+    reason: str  # human text, never upstream raw bodies or tokens
+    code: int | None = None  # the Cloudflare error code that caused it, if any
+    since: float | None = None
+
+    def active(self, now: float) -> bool:
+        return self.until is None or self.until > now
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Neurons an account has used (settled) and holds reserved in one UTC day."""
+
+    used: float = 0.0
+    reserved: float = 0.0
+
+    def remaining(self, budget: float | None) -> float | None:
+        if budget is None:
+            return None
+        return max(0.0, budget - self.used - self.reserved)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Neurons held for one upstream call until it is settled or released."""
+
+    id: str
+    account: str
+    day: str  # the UTC day the call is billed to
+    amount: float
+
+
+class StateStore(Protocol):
+    """Everything the proxy must remember, shared between replicas when the back-end allows.
+
+    `account` is the account's key: its number N as a string plus a short fingerprint of its
+    id, so renumbering accounts never mixes their histories up (see `pool.account_key`).
+    All methods are atomic with respect to other callers, across processes where the
+    back-end is shared.
+    """
+
+    name: str  # "memory" | "sqlite" | "redis"
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # --- blocks ----------------------------------------------------------------------------
+    async def get_blocks(self, accounts: list[str]) -> dict[str, Block]:
+        """Active-or-not blocks for these accounts (callers check `Block.active`)."""
+        ...
+
+    async def set_block(self, account: str, block: Block) -> None: ...
+
+    async def clear_block(self, account: str) -> None: ...
+
+    # --- neuron ledger ----------------------------------------------------------------------
+    async def try_reserve(
+        self, account: str, day: str, amount: float, budget: float | None, ttl: float
+    ) -> Reservation | None:
+        """Hold `amount` neurons if used + reserved + amount <= budget (None: no limit).
+
+        Returns None, changing nothing, when the budget cannot cover it. A reservation that
+        is neither settled nor released within `ttl` seconds lapses (a crashed replica must
+        not hold neurons forever).
+        """
+        ...
+
+    async def settle(self, reservation: Reservation, actual: float) -> None:
+        """Turn a reservation into spend of `actual` neurons (the real figure)."""
+        ...
+
+    async def release(self, reservation: Reservation) -> None:
+        """Drop a reservation: the call failed or never happened, nothing was spent."""
+        ...
+
+    async def record_spend(self, account: str, day: str, amount: float) -> None:
+        """Add spend without a reservation (e.g. an upstream said the allocation is gone)."""
+        ...
+
+    async def usage(self, accounts: list[str], day: str) -> dict[str, Usage]: ...
+
+    # --- blobs (URL responses) ---------------------------------------------------------------
+    async def put_blob(self, key: str, data: bytes, content_type: str, ttl: float) -> None: ...
+
+    async def get_blob(self, key: str) -> tuple[bytes, str] | None:
+        """The blob and its content type, or None when missing or expired."""
+        ...
+
+    # --- health ------------------------------------------------------------------------------
+    async def status(self) -> dict:
+        """`{"backend": name, "ok": bool, "detail": str}` for /health; never credentials."""
+        ...

@@ -1,0 +1,95 @@
+"""An in-process state store: for tests, `state_backend=memory`, and as the local fallback
+when Redis is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from flux_proxy.clock import Clock
+from flux_proxy.store.base import Block, Reservation, Usage
+
+
+class MemoryStore:
+    name = "memory"
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or Clock()
+        self._lock = asyncio.Lock()
+        self._blocks: dict[str, Block] = {}
+        self._used: dict[tuple[str, str], float] = {}
+        self._reservations: dict[str, tuple[Reservation, float]] = {}  # id -> (res, expires)
+        self._blobs: dict[str, tuple[bytes, str, float]] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def get_blocks(self, accounts: list[str]) -> dict[str, Block]:
+        return {a: self._blocks[a] for a in accounts if a in self._blocks}
+
+    async def set_block(self, account: str, block: Block) -> None:
+        self._blocks[account] = block
+
+    async def clear_block(self, account: str) -> None:
+        self._blocks.pop(account, None)
+
+    def _reserved(self, account: str, day: str, now: float) -> float:
+        total = 0.0
+        for rid, (res, expires) in list(self._reservations.items()):
+            if expires <= now:
+                del self._reservations[rid]
+            elif res.account == account and res.day == day:
+                total += res.amount
+        return total
+
+    async def try_reserve(
+        self, account: str, day: str, amount: float, budget: float | None, ttl: float
+    ) -> Reservation | None:
+        async with self._lock:
+            now = self._clock.now()
+            if budget is not None:
+                held = self._used.get((account, day), 0.0) + self._reserved(account, day, now)
+                if held + amount > budget:
+                    return None
+            reservation = Reservation(uuid.uuid4().hex, account, day, amount)
+            self._reservations[reservation.id] = (reservation, now + ttl)
+            return reservation
+
+    async def settle(self, reservation: Reservation, actual: float) -> None:
+        async with self._lock:
+            self._reservations.pop(reservation.id, None)
+            key = (str(reservation.account), reservation.day)
+            self._used[key] = self._used.get(key, 0.0) + actual
+
+    async def release(self, reservation: Reservation) -> None:
+        async with self._lock:
+            self._reservations.pop(reservation.id, None)
+
+    async def record_spend(self, account: str, day: str, amount: float) -> None:
+        async with self._lock:
+            self._used[(account, day)] = self._used.get((account, day), 0.0) + amount
+
+    async def usage(self, accounts: list[str], day: str) -> dict[str, Usage]:
+        now = self._clock.now()
+        return {
+            a: Usage(self._used.get((a, day), 0.0), self._reserved(a, day, now)) for a in accounts
+        }
+
+    async def put_blob(self, key: str, data: bytes, content_type: str, ttl: float) -> None:
+        now = self._clock.now()
+        for k, (_, _, expires) in list(self._blobs.items()):
+            if expires <= now:
+                del self._blobs[k]
+        self._blobs[key] = (data, content_type, now + ttl)
+
+    async def get_blob(self, key: str) -> tuple[bytes, str] | None:
+        item = self._blobs.get(key)
+        if item is None or item[2] <= self._clock.now():
+            return None
+        return item[0], item[1]
+
+    async def status(self) -> dict:
+        return {"backend": self.name, "ok": True, "detail": "in-process; forgotten on restart"}
