@@ -1,0 +1,59 @@
+"""Structured logs: one line per event, as JSON or as `key=value` text (`LOG_FORMAT`).
+
+Callers pass fields, never secrets or image data; `log_event` drops any field whose name
+suggests a credential, as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+logger = logging.getLogger("flux_proxy")
+
+_FORBIDDEN = ("token", "authorization", "api_key", "master_key", "secret", "password")
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self.json = fmt == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = dict(getattr(record, "fields", {}) or {})
+        event = getattr(record, "event", None) or record.getMessage()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        stamp += f".{int(record.msecs):03d}Z"
+        if self.json:
+            line = {"ts": stamp, "level": record.levelname.lower(), "event": event, **fields}
+            if record.exc_info and record.levelno >= logging.ERROR:
+                line["exception"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+            return json.dumps(line, default=str, ensure_ascii=False)
+        parts = [stamp, record.levelname.lower().ljust(7), event]
+        parts += [f"{k}={_text(v)}" for k, v in fields.items() if v is not None]
+        return " ".join(parts)
+
+
+def _text(value: object) -> str:
+    text = str(value)
+    return (
+        json.dumps(text, ensure_ascii=False) if (" " in text or "=" in text or not text) else text
+    )
+
+
+def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(fmt))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def log_event(event: str, level: int = logging.INFO, **fields: object) -> None:
+    """Log one structured line. Fields named like credentials are dropped, never printed."""
+    if not logger.isEnabledFor(level):
+        return
+    safe = {k: v for k, v in fields.items() if not any(bad in k.lower() for bad in _FORBIDDEN)}
+    logger.log(level, event, extra={"event": event, "fields": safe})

@@ -1,0 +1,71 @@
+"""Prometheus metrics. One `Metrics` per app, each with its own registry, so two proxies in
+one process (tests, benchmarks) never mix their figures."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "flux_proxy_http_requests", "HTTP requests answered", ["route", "status"], registry=r
+        )
+        self.http_latency = Histogram(
+            "flux_proxy_http_request_seconds",
+            "Time to answer a request, end to end",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "flux_proxy_in_flight_requests", "Requests being answered now", registry=r
+        )
+        self.upstream_calls = Counter(
+            "flux_proxy_upstream_calls",
+            "Calls made to Workers AI, by account, outcome and Cloudflare error code",
+            ["account", "model", "outcome", "cf_code"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "flux_proxy_upstream_seconds",
+            "Workers AI call latency",
+            ["account", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.accounts_skipped = Counter(
+            "flux_proxy_accounts_skipped",
+            "Accounts passed over without a call, and why",
+            ["account", "reason"],
+            registry=r,
+        )
+        self.neurons = Counter(
+            "flux_proxy_neurons",
+            "Neurons spent, by account and model",
+            ["account", "model"],
+            registry=r,
+        )
+        self.account_state = Gauge(
+            "flux_proxy_account_state",
+            "1 for the state each account is in (available, cooling, parked, disabled)",
+            ["account", "state"],
+            registry=r,
+        )
+        self.images = Counter(
+            "flux_proxy_images",
+            "Images returned to callers",
+            ["model", "response_format"],
+            registry=r,
+        )
+
+    def set_account_state(self, account: int, state: str) -> None:
+        for name in ("available", "cooling", "parked", "disabled"):
+            self.account_state.labels(str(account), name).set(1 if name == state else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
