@@ -1,0 +1,155 @@
+"""Two pure-ASGI middlewares: the request context (id, one log line, metrics, last-resort
+error handling) and the API-key check on `/v1/*`.
+
+Pure ASGI rather than `BaseHTTPMiddleware`, so streamed bodies pass through untouched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flux_proxy.api.render import FILES_PATH, error_response
+from flux_proxy.errors import ApiError
+from flux_proxy.logs import log_event
+from flux_proxy.metrics import Metrics
+
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def note(scope: Scope, **fields: object) -> None:
+    """Add fields (model, n, account, ...) to this request's log line."""
+    scope.setdefault("state", {}).setdefault("log_fields", {}).update(fields)
+
+
+def request_id_of(scope: Scope) -> str:
+    return scope.get("state", {}).get("request_id", "")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestContextMiddleware:
+    """Gives every response an `x-request-id`, logs one line per request, counts it, and turns
+    any exception that escaped the handlers into an OpenAI-shaped 500 without a trace."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = (
+            incoming if incoming and _SANE_REQUEST_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
+        )
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 0
+        started = False
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started = True
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            status = status or 499  # nginx's "client closed request"; nobody to answer
+        except Exception as exc:
+            log_event(
+                "unhandled_error",
+                logging.ERROR,
+                request_id=request_id,
+                path=scope.get("path"),
+                error=type(exc).__name__,
+            )
+            if started:
+                return  # headers are gone; the connection just ends
+            error = ApiError(
+                500,
+                f"internal error; quote request id {request_id} when reporting it",
+                code="internal_error",
+                headers={"x-should-retry": "false"},
+            )
+            await error_response(error)(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            latency = time.perf_counter() - start
+            route = scope.get("route")
+            route_label = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_requests.labels(route_label, str(status)).inc()
+            self.metrics.http_latency.labels(route_label).observe(latency)
+            log_event(
+                "request",
+                request_id=request_id,
+                method=scope.get("method"),
+                route=route_label,
+                status=status,
+                latency_ms=round(latency * 1000, 1),
+                **state.get("log_fields", {}),
+            )
+
+
+class ApiKeyMiddleware:
+    """`Authorization: Bearer <key>` on `/v1/*`, except the image files (their random names
+    are the credential). The scheme is case-insensitive; the key is compared with every
+    configured key in constant time, with no early exit."""
+
+    def __init__(self, app: ASGIApp, keys: list[str], enabled: bool = True) -> None:
+        self.app = app
+        self.keys = [key.encode("utf-8") for key in keys]
+        self.enabled = enabled
+
+    def _needs_key(self, scope: Scope) -> bool:
+        path: str = scope.get("path", "")
+        return (
+            self.enabled
+            and scope["type"] == "http"
+            and (path.startswith("/v1/") or path == "/v1")
+            and not path.startswith(FILES_PATH)
+        )
+
+    def _authorized(self, header: str | None) -> bool:
+        if not header:
+            return False
+        scheme, _, presented = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return False
+        candidate = presented.strip().encode("utf-8")
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(candidate, key)
+        return matched
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._needs_key(scope) and not self._authorized(_header(scope, b"authorization")):
+            error = ApiError(
+                401,
+                "missing or invalid API key: send 'Authorization: Bearer <API_MASTER_KEY>'",
+                code="invalid_api_key",
+                headers={"www-authenticate": "Bearer"},
+            )
+            await error_response(error)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,418 @@
+"""OpenAI and seed requests → one validated `ImageRequest` (an `ImageJob` plus how to answer).
+
+Every rule is checked here, before any upstream call, and each violation is a 400 (413 for
+sizes) naming the offending `param`. What a model accepts comes from its `ModelSpec`, never
+from `if model == ...`.
+
+Accepted and ignored (documented): `quality`, `style`, `user`, `background`, `moderation`,
+`output_compression`, `output_format` and `partial_images` (the last three until the
+output-conversion and streaming work lands). `stream=true` is refused with 400
+`unsupported_parameter`, so no SDK waits for events that never come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import math
+import re
+import secrets
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import orjson
+
+from flux_proxy.api.body import RawRequest, UploadedFile
+from flux_proxy.errors import invalid, too_large
+from flux_proxy.images import prepare_reference
+from flux_proxy.job import ImageJob, ReferenceImage
+from flux_proxy.models import MODELS, ModelSpec, find_model
+from flux_proxy.settings import Settings
+
+ResponseFormat = Literal["b64_json", "url"]
+MAX_N = 10
+MAX_SEED = 2**63 - 1
+_RANDOM_SEED_BOUND = 2**31  # random seeds stay small enough for every client to print
+_SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*$")
+_INTEGER_TEXT = re.compile(r"^\s*[+-]?\d{1,20}\s*$")
+_INPUT_IMAGE = re.compile(r"^input_image_(\d+)$")
+_IMAGE_FIELDS = ("image", "image[]", "images", "images[]")
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """A validated request: what to make (`job`, `n` times) and how to answer."""
+
+    job: ImageJob  # seed unset; see `jobs()`
+    n: int
+    seeds: tuple[int | None, ...]  # one per image
+    response_format: ResponseFormat | None  # None: both b64_json and url
+    prompt_text: str  # what was sent upstream, for `revised_prompt`
+    stream: bool = False
+
+    def jobs(self) -> list[ImageJob]:
+        return [replace(self.job, seed=seed) for seed in self.seeds]
+
+
+@dataclass(frozen=True)
+class _PendingImage:
+    param: str  # the name the caller used, for error messages
+    data: bytes
+
+
+async def build_image_request(raw: RawRequest, settings: Settings, *, edit: bool) -> ImageRequest:
+    """Validate a decoded body. References are checked and scaled in worker threads."""
+    fields = raw.fields
+    model = _model(fields.get("model"), settings)
+    prompt_text = _prompt(fields.get("prompt"), model, settings)
+    n = _n(fields.get("n"))
+    response_format = _response_format(fields.get("response_format"))
+    if _bool(fields.get("stream"), "stream"):
+        raise invalid(
+            "stream=true is not supported yet; ask without stream",
+            param="stream",
+            code="unsupported_parameter",
+        )
+    if "mask" in fields or any(f.field == "mask" for f in raw.files):
+        raise invalid(
+            f"{model.short_name} does not take a mask; describe the edit in the prompt and pass "
+            "the image as a reference",
+            param="mask",
+            code="unsupported_parameter",
+        )
+    width, height = _size(fields, model)
+    steps = _steps(fields.get("steps"), model)
+    seed = _seed(fields.get("seed"), model)
+    guidance = _guidance(fields.get("guidance"), model)
+    negative_prompt = _negative_prompt(fields.get("negative_prompt"), model, settings)
+
+    pending = _collect_images(raw, settings)
+    if edit and not pending:
+        raise invalid(
+            "an image to edit is required (form field 'image' or 'image[]')",
+            param="image",
+            code="missing_required_parameter",
+        )
+    if pending and not model.takes_references:
+        raise invalid(f"{model.short_name} takes no reference images", param=pending[0].param)
+    if len(pending) > model.max_references:
+        raise invalid(
+            f"{model.short_name} takes at most {model.max_references} reference images; "
+            f"got {len(pending)}",
+            param=pending[model.max_references].param,
+        )
+    references = await _prepare_references(pending, model)
+
+    job = ImageJob(
+        model=model,
+        prompt=prompt_text,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=guidance,
+        negative_prompt=negative_prompt,
+        references=references,
+    )
+    return ImageRequest(
+        job=job,
+        n=n,
+        seeds=_seeds(seed, n, model),
+        response_format=response_format,
+        prompt_text=prompt_text,
+    )
+
+
+# --- model and prompt -------------------------------------------------------------------------
+
+
+def _model(value: Any, settings: Settings) -> ModelSpec:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        value = settings.default_model
+    if not isinstance(value, str):
+        raise invalid("model must be a string", param="model")
+    spec = find_model(value, settings.model_aliases)
+    if spec is None:
+        served = ", ".join(m.short_name for m in MODELS)
+        raise invalid(
+            f"unknown model {value[:100]!r}; this proxy serves: {served}",
+            param="model",
+            code="model_not_found",
+        )
+    return spec
+
+
+def _prompt(value: Any, model: ModelSpec, settings: Settings) -> str:
+    if value is None:
+        raise invalid("prompt is required", param="prompt", code="missing_required_parameter")
+    if isinstance(value, dict):
+        # Seed compatibility: a JSON prompt goes upstream as its (compact) JSON text.
+        text = orjson.dumps(value).decode("utf-8")
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise invalid("prompt must be a string or a JSON object", param="prompt")
+    if not text.strip():
+        raise invalid("prompt must not be empty", param="prompt")
+    limit = min(settings.max_prompt_chars, model.prompt_max_chars)
+    if len(text) > limit:
+        raise invalid(
+            f"prompt is {len(text)} characters; {model.short_name} takes at most {limit}",
+            param="prompt",
+            code="string_above_max_length",
+        )
+    return text
+
+
+# --- plain values -----------------------------------------------------------------------------
+
+
+def _int(value: Any, param: str) -> int:
+    """An integer, or text of one (form fields are text). Never a bool, never a float."""
+    if isinstance(value, bool):
+        raise invalid(f"{param} must be an integer, not a boolean", param=param)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _INTEGER_TEXT.match(value):
+        return int(value)
+    raise invalid(f"{param} must be an integer", param=param)
+
+
+def _number(value: Any, param: str) -> float:
+    if isinstance(value, bool):
+        raise invalid(f"{param} must be a number, not a boolean", param=param)
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise invalid(f"{param} must be a number", param=param) from None
+    else:
+        raise invalid(f"{param} must be a number", param=param)
+    if not math.isfinite(number):
+        raise invalid(f"{param} must be a finite number", param=param)
+    return number
+
+
+def _bool(value: Any, param: str) -> bool:
+    if value is None or value is False:
+        return False
+    if value is True:
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", ""):
+        return value.strip().lower() in ("true", "1")
+    raise invalid(f"{param} must be true or false", param=param)
+
+
+def _n(value: Any) -> int:
+    if value is None:
+        return 1
+    n = _int(value, "n")
+    if not 1 <= n <= MAX_N:
+        raise invalid(f"n must be between 1 and {MAX_N}", param="n")
+    return n
+
+
+def _response_format(value: Any) -> ResponseFormat | None:
+    if value is None or value == "":
+        return None
+    if value in ("b64_json", "url"):
+        return value
+    raise invalid("response_format must be 'b64_json' or 'url'", param="response_format")
+
+
+# --- size, steps, seed, guidance ----------------------------------------------------------------
+
+
+def _size(fields: dict[str, Any], model: ModelSpec) -> tuple[int | None, int | None]:
+    """Width and height: `width`/`height` win over `size`; `auto` or nothing = model default."""
+    width = height = None
+    width_param = height_param = "size"
+    size = fields.get("size")
+    if size is not None and size != "auto":
+        if not isinstance(size, str) or not (match := _SIZE.match(size)):
+            raise invalid("size must be 'auto' or 'WIDTHxHEIGHT', e.g. '1024x768'", param="size")
+        width, height = int(match.group(1)), int(match.group(2))
+    if fields.get("width") is not None:
+        width, width_param = _int(fields["width"], "width"), "width"
+    if fields.get("height") is not None:
+        height, height_param = _int(fields["height"], "height"), "height"
+
+    if model.size_range is None:
+        if width is not None or height is not None:
+            param = width_param if width is not None else height_param
+            raise invalid(
+                f"{model.short_name} makes images of one fixed size; leave out {param}",
+                param=param,
+            )
+        return None, None
+    bounds = model.size_range
+    for value, param, name in ((width, width_param, "width"), (height, height_param, "height")):
+        if value is not None and value not in bounds:
+            raise invalid(
+                f"{name} must be between {bounds.minimum} and {bounds.maximum} for "
+                f"{model.short_name}; got {value}",
+                param=param,
+            )
+    return (
+        width if width is not None else model.default_width,
+        height if height is not None else model.default_height,
+    )
+
+
+def _steps(value: Any, model: ModelSpec) -> int | None:
+    if value is None:
+        return model.default_steps if model.takes_steps else None
+    steps = _int(value, "steps")
+    if model.fixed_steps is not None:
+        if steps != model.fixed_steps:
+            raise invalid(
+                f"{model.short_name} always runs {model.fixed_steps} steps; leave out steps",
+                param="steps",
+            )
+        return None
+    if model.steps_range is None:
+        raise invalid(f"{model.short_name} takes no steps", param="steps")
+    if steps not in model.steps_range:
+        raise invalid(
+            f"steps must be between {model.steps_range.minimum} and "
+            f"{model.steps_range.maximum} for {model.short_name}; got {steps}",
+            param="steps",
+        )
+    return steps
+
+
+def _seed(value: Any, model: ModelSpec) -> int | None:
+    if value is None:
+        return None
+    seed = _int(value, "seed")
+    if not model.takes_seed:
+        raise invalid(f"{model.short_name} takes no seed", param="seed")
+    if not 0 <= seed <= MAX_SEED:
+        raise invalid(f"seed must be an integer between 0 and {MAX_SEED}", param="seed")
+    return seed
+
+
+def _seeds(seed: int | None, n: int, model: ModelSpec) -> tuple[int | None, ...]:
+    """One seed per image: seed, seed+1, ... when given, else random (so images differ)."""
+    if not model.takes_seed:
+        return (None,) * n
+    if seed is None:
+        return tuple(secrets.randbelow(_RANDOM_SEED_BOUND) for _ in range(n))
+    return tuple(min(seed + i, MAX_SEED) for i in range(n))
+
+
+def _guidance(value: Any, model: ModelSpec) -> float | None:
+    if value is None:
+        return None
+    guidance = _number(value, "guidance")
+    bounds = model.guidance_range
+    if bounds is None:
+        raise invalid(f"{model.short_name} takes no guidance", param="guidance")
+    if guidance not in bounds:
+        raise invalid(
+            f"guidance must be between {bounds.minimum} and {bounds.maximum} for "
+            f"{model.short_name}",
+            param="guidance",
+        )
+    return guidance
+
+
+def _negative_prompt(value: Any, model: ModelSpec, settings: Settings) -> str | None:
+    if value is None or value == "":
+        return None
+    if not model.takes_negative_prompt:
+        raise invalid(f"{model.short_name} takes no negative_prompt", param="negative_prompt")
+    if not isinstance(value, str):
+        raise invalid("negative_prompt must be a string", param="negative_prompt")
+    if len(value) > settings.max_prompt_chars:
+        raise invalid("negative_prompt is too long", param="negative_prompt")
+    return value
+
+
+# --- reference images -----------------------------------------------------------------------------
+
+
+def _collect_images(raw: RawRequest, settings: Settings) -> list[_PendingImage]:
+    """Reference images in order: input_image_0..N first (seed style), then image/image[]."""
+    numbered: list[tuple[int, _PendingImage]] = []
+    named: list[_PendingImage] = []
+    for upload in raw.files:
+        pending = _pending_file(upload, settings)
+        if match := _INPUT_IMAGE.match(upload.field):
+            numbered.append((int(match.group(1)), pending))
+        elif upload.field in _IMAGE_FIELDS:
+            named.append(pending)
+        elif upload.field != "mask":
+            raise invalid(f"unexpected file field {upload.field[:50]!r}", param=upload.field[:50])
+    for name in _IMAGE_FIELDS:
+        value = raw.fields.get(name)
+        if value is None or value == "":
+            continue
+        items = value if isinstance(value, list) else [value]
+        param = name.removesuffix("[]")
+        named.extend(_pending_data_url(item, param, settings) for item in items)
+    numbered.sort(key=lambda pair: pair[0])
+    return [pending for _, pending in numbered] + named
+
+
+def _pending_file(upload: UploadedFile, settings: Settings) -> _PendingImage:
+    param = upload.field.removesuffix("[]")
+    if len(upload.data) > settings.max_image_bytes:
+        raise too_large(
+            f"{param}: image is {len(upload.data)} bytes; the limit is {settings.max_image_bytes}",
+            param=param,
+        )
+    if not upload.data:
+        raise invalid(f"{param}: the file is empty", param=param)
+    return _PendingImage(param, upload.data)
+
+
+def _pending_data_url(item: Any, param: str, settings: Settings) -> _PendingImage:
+    if isinstance(item, dict):  # OpenAI's JSON edits: {"image_url": "data:..."}
+        item = item.get("image_url", item.get("url"))
+        if isinstance(item, dict):
+            item = item.get("url")
+    if not isinstance(item, str):
+        raise invalid(f"{param}: each image must be a data: URL string", param=param)
+    head, sep, payload = item.partition(",")
+    if not head[:5].lower() == "data:":
+        raise invalid(
+            f"{param}: only data: URLs are accepted (the proxy never fetches URLs)",
+            param=param,
+            code="unsupported_url",
+        )
+    if not sep or not head.lower().endswith(";base64"):
+        raise invalid(f"{param}: data: URLs must be base64 (data:image/png;base64,...)", param)
+    if len(payload) * 3 // 4 > settings.max_image_bytes + 3:
+        raise too_large(f"{param}: image is over {settings.max_image_bytes} bytes", param=param)
+    try:
+        data = base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(f"{param}: the data: URL is not valid base64", param=param) from None
+    if len(data) > settings.max_image_bytes:
+        raise too_large(f"{param}: image is over {settings.max_image_bytes} bytes", param=param)
+    if not data:
+        raise invalid(f"{param}: the image is empty", param=param)
+    return _PendingImage(param, data)
+
+
+async def _prepare_references(
+    pending: list[_PendingImage], model: ModelSpec
+) -> tuple[ReferenceImage, ...]:
+    if not pending:
+        return ()
+    results = await asyncio.gather(
+        *(
+            asyncio.to_thread(
+                prepare_reference, p.data, param=p.param, max_side=model.max_reference_side
+            )
+            for p in pending
+        ),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, BaseException):  # the first bad image, in the caller's order
+            raise result
+    return tuple(results)  # type: ignore[arg-type]

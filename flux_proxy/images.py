@@ -1,0 +1,96 @@
+"""Pillow work on reference images: check that bytes are a real PNG, JPEG or WebP, and scale
+the ones a model cannot take (FLUX.2 needs every input image below 512x512).
+
+All functions here are synchronous and CPU-bound: the API layer runs them in a worker thread
+(`asyncio.to_thread`) so a large upload never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+from flux_proxy.errors import ApiError, invalid
+from flux_proxy.job import ReferenceImage
+
+# Far above any sane reference image (a 50 MB PNG is ~6000x6000), far below what would let a
+# tiny compressed file unpack into gigabytes of pixels.
+MAX_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+_SAVE_OPTIONS = {
+    "PNG": {"optimize": False},
+    "JPEG": {"quality": 92},
+    "WEBP": {"quality": 92},
+}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    mime: str
+    format: str  # Pillow's name: PNG | JPEG | WEBP
+    width: int
+    height: int
+
+
+def inspect_image(data: bytes, *, param: str) -> ImageInfo:
+    """Check that `data` is a whole PNG, JPEG or WebP image; 400 naming `param` if not."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format or ""
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise invalid(
+                        f"{param}: image is {width}x{height}, too many pixels", param=param
+                    )
+                if fmt not in _FORMATS:
+                    raise invalid(
+                        f"{param}: {fmt or 'unknown'} images are not accepted; "
+                        "send PNG, JPEG or WebP",
+                        param=param,
+                        code="invalid_image_format",
+                    )
+                img.verify()
+    except ApiError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise invalid(f"{param}: image has too many pixels", param=param) from None
+    except Exception:  # Pillow raises many types for broken files; all mean the same here
+        raise invalid(
+            f"{param}: not a readable PNG, JPEG or WebP image",
+            param=param,
+            code="invalid_image",
+        ) from None
+    return ImageInfo(_FORMATS[fmt], fmt, width, height)
+
+
+def fit_below(data: bytes, info: ImageInfo, max_side: int) -> tuple[bytes, int, int]:
+    """Scale an image so both sides are at most `max_side`, keeping its aspect and format.
+
+    Returns the original bytes untouched when they already fit.
+    """
+    if info.width <= max_side and info.height <= max_side:
+        return data, info.width, info.height
+    with Image.open(io.BytesIO(data)) as img:
+        if img.format == "JPEG":
+            img.draft("RGB", (max_side, max_side))  # decode at reduced scale: much faster
+        img = ImageOps.exif_transpose(img)  # phone photos: keep them upright once EXIF is gone
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        if info.format == "JPEG" and img.mode not in ("RGB", "L", "CMYK"):
+            img = img.convert("RGB")
+        out = io.BytesIO()
+        img.save(out, format=info.format, **_SAVE_OPTIONS[info.format])
+        return out.getvalue(), img.width, img.height
+
+
+def prepare_reference(data: bytes, *, param: str, max_side: int) -> ReferenceImage:
+    """Check one reference image and scale it below the model's limit when needed."""
+    info = inspect_image(data, param=param)
+    scaled, width, height = fit_below(data, info, max_side)
+    return ReferenceImage(data=scaled, mime=info.mime, width=width, height=height)
