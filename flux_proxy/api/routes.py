@@ -1,0 +1,272 @@
+"""Route handlers. Each is short: read → validate (`parse`) → pool → render.
+
+Shared objects (settings, pool, stores, metrics) live in one `Services` value that the app's
+lifespan puts on `app.state.services`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from flux_proxy import __version__
+from flux_proxy.api.body import read_request
+from flux_proxy.api.middleware import note
+from flux_proxy.api.parse import ImageRequest, build_image_request
+from flux_proxy.api.render import (
+    FILES_PATH,
+    Outcome,
+    base_url_for,
+    images_body,
+    json_response,
+)
+from flux_proxy.clock import Clock
+from flux_proxy.errors import ApiError
+from flux_proxy.image_store import ImageStore
+from flux_proxy.logs import log_event
+from flux_proxy.metrics import Metrics
+from flux_proxy.models import MODELS, ModelSpec, find_model
+from flux_proxy.pool import AccountPool
+from flux_proxy.settings import Settings
+from flux_proxy.store.base import StateStore
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
+# One fixed date (FLUX.2's release, 2025-11-25) so `created` is stable and in seconds.
+MODELS_CREATED = 1_764_028_800
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clock: Clock
+    store: StateStore
+    pool: Any  # AccountPool, or a stand-in with the same methods
+    images: ImageStore
+    metrics: Metrics
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+# --- images --------------------------------------------------------
+
+
+async def generations(request: Request) -> Response:
+    return await _images(request, edit=False)
+
+
+async def edits(request: Request) -> Response:
+    return await _images(request, edit=True)
+
+
+async def _images(request: Request, *, edit: bool) -> Response:
+    svc = services(request)
+    settings = svc.settings
+    request_id = request.scope["state"]["request_id"]
+    raw = await read_request(
+        request,
+        max_body_bytes=settings.max_body_bytes,
+        max_field_bytes=max(1024 * 1024, 4 * settings.max_prompt_chars),
+    )
+    image_request = await build_image_request(raw, settings, edit=edit)
+    note(request.scope, model=image_request.job.model.short_name, n=image_request.n)
+    if settings.log_prompts:
+        log_event("prompt", request_id=request_id, prompt=image_request.prompt_text)
+
+    outcome = await generate_all(svc.pool, image_request, request_id)
+    note(request.scope, account=outcome.images[0][1].account)
+    body = await images_body(
+        outcome,
+        image_request,
+        created=int(svc.clock.now()),
+        image_store=svc.images,
+        base_url=base_url_for(request, settings),
+    )
+    svc.metrics.images.labels(
+        image_request.job.model.short_name, image_request.response_format or "both"
+    ).inc(len(outcome.images))
+    return json_response(body)
+
+
+async def generate_all(pool: Any, image_request: ImageRequest, request_id: str) -> Outcome:
+    """Make the `n` images concurrently, each with its own seed.
+
+    Partial failure returns what was made plus the failures; if every image failed, the
+    first failure is raised (with its status and headers, e.g. Retry-After).
+    """
+    results = await asyncio.gather(
+        *(pool.generate(job, request_id=request_id) for job in image_request.jobs()),
+        return_exceptions=True,
+    )
+    images, errors = [], []
+    for index, result in enumerate(results):
+        if isinstance(result, ApiError):
+            errors.append((index, result))
+        elif isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result  # cancellation and friends are not ours to swallow
+            log_event(
+                "generate_failed",
+                logging.ERROR,
+                request_id=request_id,
+                index=index,
+                error=type(result).__name__,
+            )
+            errors.append((index, ApiError(500, "internal error", code="internal_error")))
+        else:
+            images.append((index, result))
+    if not images:
+        raise errors[0][1]
+    return Outcome(images, errors)
+
+
+async def image_file(request: Request) -> Response:
+    svc = services(request)
+    found = await svc.images.get(request.path_params["name"])
+    if found is None:
+        raise ApiError(404, "no such image, or it has expired", code="image_not_found")
+    data, content_type = found
+    return Response(
+        data,
+        media_type=content_type,
+        headers={
+            "cache-control": f"private, max-age={svc.settings.image_ttl_seconds}",
+            "x-content-type-options": "nosniff",
+        },
+    )
+
+
+# --- models --------------------------------------------------------
+
+
+def model_entry(spec: ModelSpec) -> dict:
+    steps = spec.steps_range
+    size = spec.size_range
+    return {
+        "id": spec.id,
+        "object": "model",
+        "created": MODELS_CREATED,
+        "owned_by": spec.owned_by,
+        "short_name": spec.short_name,
+        "description": spec.description,
+        "takes_references": spec.takes_references,
+        "max_references": spec.max_references,
+        "fixed_steps": spec.fixed_steps,
+        "steps_range": [steps.minimum, steps.maximum] if steps else None,
+        "default_steps": spec.default_steps,
+        "size_range": [size.minimum, size.maximum] if size else None,
+        "default_width": spec.default_width,
+        "default_height": spec.default_height,
+        "takes_seed": spec.takes_seed,
+        "takes_guidance": spec.guidance_range is not None,
+        "takes_negative_prompt": spec.takes_negative_prompt,
+        "typical_seconds": spec.typical_seconds,
+    }
+
+
+async def list_models(request: Request) -> Response:
+    default = find_model(services(request).settings.default_model)
+    data = [model_entry(spec) | {"default": spec is default} for spec in MODELS]
+    return json_response({"object": "list", "data": data})
+
+
+async def get_model(request: Request) -> Response:
+    settings = services(request).settings
+    spec = find_model(request.path_params["model"], settings.model_aliases)
+    if spec is None:
+        raise ApiError(404, "no such model", param="model", code="model_not_found")
+    return json_response(model_entry(spec))
+
+
+# --- health and metrics --------------------------------------------------------
+
+
+async def health(request: Request) -> Response:
+    svc = services(request)
+    settings = svc.settings
+    accounts = await svc.pool.snapshot()
+    store = await svc.store.status()
+    status, reason = _availability(accounts)
+    default = find_model(settings.default_model, settings.model_aliases)
+    body = {
+        "status": status,
+        "reason": reason,
+        "version": __version__,
+        "mode": "emulator" if settings.emulator else "cloudflare",
+        "model": default.id if default else settings.default_model,
+        "total_accounts": len(settings.accounts),
+        "accounts_configured": [f"Account {a.number}" for a in settings.accounts],
+        "accounts": accounts,
+        "store": store,
+    }
+    return json_response(body, 200 if status == "ok" else 503)
+
+
+def _availability(accounts: list[dict]) -> tuple[str, str | None]:
+    if not accounts:
+        return "unavailable", "no accounts configured: set CF_API_TOKEN_1 and ACCOUNT_1"
+    if any(AccountPool.is_usable_now(entry) for entry in accounts):
+        return "ok", None
+    waiting = [e for e in accounts if e["state"] in ("parked", "cooling", "available")]
+    if waiting:
+        returns = sorted(e["until"] or e["next_reset"] for e in waiting)
+        return "degraded", f"no account can serve now; the first returns at {returns[0]}"
+    return "unavailable", "every account is disabled; check their tokens"
+
+
+async def health_live(request: Request) -> Response:
+    return json_response({"status": "alive"})
+
+
+async def health_ready(request: Request) -> Response:
+    svc = services(request)
+    accounts = await svc.pool.snapshot()
+    store = await svc.store.status()
+    status, reason = _availability(accounts)
+    if status == "ok" and not store.get("ok"):
+        status, reason = "degraded", f"state store not ok: {store.get('detail')}"
+    ready = status == "ok"
+    return json_response(
+        {"status": "ready" if ready else "not_ready", "reason": reason}, 200 if ready else 503
+    )
+
+
+async def metrics(request: Request) -> Response:
+    return Response(
+        services(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+# --- the web page --------------------------------------------------------
+
+
+async def index(request: Request) -> Response:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        raise ApiError(404, "the web page is not installed", code="not_found")
+    return FileResponse(page, headers={"cache-control": "no-cache"})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/images/generations", generations, methods=["POST"]),
+        Route("/v1/images/edits", edits, methods=["POST"]),
+        Route(FILES_PATH + "{name}", image_file, methods=["GET", "HEAD"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/health/live", health_live, methods=["GET"]),
+        Route("/health/ready", health_ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/", index, methods=["GET", "HEAD"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+    ]

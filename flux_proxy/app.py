@@ -1,0 +1,142 @@
+"""The Starlette app, assembled by composition: routes, middleware, lifespan.
+
+The lifespan owns the long-lived objects: the state store, the one shared Workers AI client
+session, and the account pool. Objects passed in by the caller (tests, benchmarks) are used
+as given and left for the caller to open and close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from flux_proxy.api.middleware import ApiKeyMiddleware, RequestContextMiddleware
+from flux_proxy.api.render import error_response
+from flux_proxy.api.routes import Services, routes
+from flux_proxy.clock import Clock
+from flux_proxy.errors import ApiError
+from flux_proxy.image_store import ImageStore
+from flux_proxy.logs import log_event
+from flux_proxy.metrics import Metrics
+from flux_proxy.pool import AccountPool
+from flux_proxy.settings import Settings
+from flux_proxy.store.base import StateStore
+from flux_proxy.store.factory import open_store
+from flux_proxy.upstream.client import WorkersAIClient
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    store: StateStore | None = None,
+    client: Any = None,
+    pool: Any = None,
+    embedded_emulator: bool = False,
+) -> Starlette:
+    """Build the proxy. `embedded_emulator=True` (`serve --emulator`) starts the Workers AI
+    emulator in the same event loop on a free port and points the proxy at it."""
+    clock = clock or Clock()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            effective = settings
+            if embedded_emulator:
+                effective = await _start_emulator(settings, stack)
+            state = store
+            if state is None:
+                state = open_store(effective, clock)
+                await state.open()
+                stack.push_async_callback(state.close)
+            upstream = client
+            if upstream is None and pool is None:
+                upstream = WorkersAIClient(
+                    effective.cf_api_base_url,
+                    connect_timeout=effective.upstream_connect_timeout,
+                    read_timeout=effective.upstream_read_timeout,
+                )
+                await upstream.start()
+                stack.push_async_callback(upstream.close)
+            app.state.services = Services(
+                settings=effective,
+                clock=clock,
+                store=state,
+                pool=pool or AccountPool(effective, upstream, state, clock, metrics),
+                images=ImageStore(state, effective.image_ttl_seconds),
+                metrics=metrics,
+            )
+            log_event(
+                "started",
+                mode="emulator" if effective.emulator else "cloudflare",
+                accounts=len(effective.accounts),
+                store=state.name,
+                auth="off" if effective.no_auth else "on",
+            )
+            yield
+            log_event("stopping")
+
+    middleware = [Middleware(RequestContextMiddleware, metrics=metrics)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["authorization", "content-type", "x-request-id"],
+                expose_headers=["x-request-id", "retry-after"],
+                max_age=600,
+            )
+        )
+    middleware.append(
+        Middleware(ApiKeyMiddleware, keys=settings.master_keys, enabled=not settings.no_auth)
+    )
+    return Starlette(
+        routes=routes(),
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    )
+
+
+async def _start_emulator(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
+    # Imported here: the emulator is a development tool, not needed on the production path.
+    from flux_proxy.emulator import demo_account_configs, start_emulator
+
+    runner, base_url = await start_emulator("127.0.0.1", 0)
+    stack.push_async_callback(runner.cleanup)
+    update: dict[str, Any] = {
+        "cf_api_base_url": base_url,
+        "accounts": demo_account_configs(),
+        "emulator": True,
+    }
+    if settings.state_backend == "auto":
+        update["state_backend"] = "memory"  # the emulator's own usage restarts with it
+    log_event("emulator_started", base_url=base_url)
+    return settings.model_copy(update=update)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    messages = {404: "no such route", 405: "method not allowed on this route"}
+    error = ApiError(
+        exc.status_code,
+        messages.get(exc.status_code, str(exc.detail)),
+        code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code),
+        headers=exc.headers,
+    )
+    return error_response(error)
