@@ -1,0 +1,271 @@
+"""One contract, every back-end: MemoryStore, SqliteStore and RedisStore behave the same.
+
+Redis runs at REDIS_URL (default redis://127.0.0.1:6379/0); each test uses its own key prefix
+and deletes its keys afterwards. The Redis cases are skipped only when no Redis answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from flux_proxy.clock import FrozenClock
+from flux_proxy.store.base import Block
+from flux_proxy.store.memory import MemoryStore
+from flux_proxy.store.redis import RedisStore
+from flux_proxy.store.sqlite import SqliteStore
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+START = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
+DAY = "2025-06-15"
+NEXT_DAY = "2025-06-16"
+
+
+async def redis_or_skip() -> aioredis.Redis:
+    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        pytest.skip(f"no Redis answers at REDIS_URL ({type(exc).__name__})")
+    return client
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(START)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request, clock, tmp_path):
+    if request.param == "memory":
+        store = MemoryStore(clock)
+        await store.open()
+        yield store
+        await store.close()
+    elif request.param == "sqlite":
+        store = SqliteStore(tmp_path / "state.sqlite3", clock)
+        await store.open()
+        yield store
+        await store.close()
+    else:
+        admin = await redis_or_skip()
+        prefix = f"test-{uuid.uuid4().hex}:"
+        store = RedisStore(REDIS_URL, prefix, clock)
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
+            keys = [k async for k in admin.scan_iter(match=f"{prefix}*")]
+            if keys:
+                await admin.delete(*keys)
+            await admin.aclose()
+
+
+# --- blocks --------------------------------------------------------------------------------
+
+
+async def test_set_block_is_returned_for_its_account_only(store, clock):
+    block = Block("cooling", START + 60, "rate limited", code=None, since=START)
+    await store.set_block("1:aaaa", block)
+
+    assert await store.get_blocks(["1:aaaa", "2:bbbb"]) == {"1:aaaa": block}
+    assert await store.get_blocks(["2:bbbb"]) == {}
+    assert await store.get_blocks([]) == {}
+
+
+async def test_clear_block_removes_it(store):
+    await store.set_block("1:aaaa", Block("disabled", None, "bad token", code=10000))
+    await store.clear_block("1:aaaa")
+    await store.clear_block("never-blocked")  # clearing nothing is fine
+
+    assert await store.get_blocks(["1:aaaa"]) == {}
+
+
+async def test_new_block_replaces_the_old_one(store):
+    await store.set_block("1:aaaa", Block("cooling", START + 15, "capacity", code=3040))
+    parked = Block("parked", START + 3600, "daily allocation spent", code=3036)
+    await store.set_block("1:aaaa", parked)
+
+    assert await store.get_blocks(["1:aaaa"]) == {"1:aaaa": parked}
+
+
+async def test_block_stops_being_active_when_its_time_passes(store, clock):
+    await store.set_block("1:aaaa", Block("cooling", START + 60, "rate limited"))
+    assert (await store.get_blocks(["1:aaaa"]))["1:aaaa"].active(clock.now())
+
+    clock.advance(61)
+
+    blocks = await store.get_blocks(["1:aaaa"])
+    assert all(not b.active(clock.now()) for b in blocks.values())
+
+
+async def test_block_without_end_stays_active(store, clock):
+    await store.set_block("1:aaaa", Block("disabled", None, "account blocked", code=9109))
+    clock.advance(30 * 86400 - 1)
+
+    assert (await store.get_blocks(["1:aaaa"]))["1:aaaa"].active(clock.now())
+
+
+# --- neuron ledger -------------------------------------------------------------------------
+
+
+async def test_reservation_within_budget_is_held(store):
+    reservation = await store.try_reserve("1:aaaa", DAY, 400.0, budget=1000.0, ttl=300)
+
+    assert reservation is not None
+    assert (reservation.account, reservation.day, reservation.amount) == ("1:aaaa", DAY, 400.0)
+    usage = (await store.usage(["1:aaaa"], DAY))["1:aaaa"]
+    assert (usage.used, usage.reserved) == (0.0, 400.0)
+    assert usage.remaining(1000.0) == 600.0
+
+
+async def test_reservation_over_budget_is_refused_and_changes_nothing(store):
+    await store.record_spend("1:aaaa", DAY, 500.0)
+    await store.try_reserve("1:aaaa", DAY, 300.0, budget=1000.0, ttl=300)
+
+    refused = await store.try_reserve("1:aaaa", DAY, 201.0, budget=1000.0, ttl=300)
+
+    assert refused is None
+    usage = (await store.usage(["1:aaaa"], DAY))["1:aaaa"]
+    assert (usage.used, usage.reserved) == (500.0, 300.0)
+    # Exactly filling the budget is still allowed.
+    assert await store.try_reserve("1:aaaa", DAY, 200.0, budget=1000.0, ttl=300) is not None
+
+
+async def test_settle_turns_the_hold_into_the_actual_spend(store):
+    reservation = await store.try_reserve("1:aaaa", DAY, 400.0, budget=1000.0, ttl=300)
+
+    await store.settle(reservation, 123.5)
+
+    usage = (await store.usage(["1:aaaa"], DAY))["1:aaaa"]
+    assert (usage.used, usage.reserved) == (123.5, 0.0)
+
+
+async def test_release_drops_the_hold_without_spending(store):
+    reservation = await store.try_reserve("1:aaaa", DAY, 900.0, budget=1000.0, ttl=300)
+    assert await store.try_reserve("1:aaaa", DAY, 200.0, budget=1000.0, ttl=300) is None
+
+    await store.release(reservation)
+
+    usage = (await store.usage(["1:aaaa"], DAY))["1:aaaa"]
+    assert (usage.used, usage.reserved) == (0.0, 0.0)
+    assert await store.try_reserve("1:aaaa", DAY, 200.0, budget=1000.0, ttl=300) is not None
+
+
+async def test_unlimited_budget_always_grants(store):
+    await store.record_spend("1:aaaa", DAY, 1e9)
+
+    reservation = await store.try_reserve("1:aaaa", DAY, 5e8, budget=None, ttl=300)
+
+    assert reservation is not None
+    assert (await store.usage(["1:aaaa"], DAY))["1:aaaa"].remaining(None) is None
+
+
+async def test_lapsed_reservation_stops_counting(store, clock):
+    await store.try_reserve("1:aaaa", DAY, 1000.0, budget=1000.0, ttl=120)
+    assert await store.try_reserve("1:aaaa", DAY, 1.0, budget=1000.0, ttl=120) is None
+
+    clock.advance(121)
+
+    assert (await store.usage(["1:aaaa"], DAY))["1:aaaa"].reserved == 0.0
+    assert await store.try_reserve("1:aaaa", DAY, 1000.0, budget=1000.0, ttl=120) is not None
+
+
+async def test_settling_a_lapsed_reservation_still_counts_the_spend(store, clock):
+    reservation = await store.try_reserve("1:aaaa", DAY, 100.0, budget=1000.0, ttl=10)
+    clock.advance(11)
+
+    await store.settle(reservation, 80.0)
+
+    assert (await store.usage(["1:aaaa"], DAY))["1:aaaa"].used == 80.0
+
+
+async def test_record_spend_adds_up_and_counts_against_the_budget(store):
+    await store.record_spend("1:aaaa", DAY, 600.0)
+    await store.record_spend("1:aaaa", DAY, 350.25)
+
+    assert (await store.usage(["1:aaaa"], DAY))["1:aaaa"].used == 950.25
+    assert await store.try_reserve("1:aaaa", DAY, 50.0, budget=1000.0, ttl=300) is None
+    assert await store.try_reserve("1:aaaa", DAY, 49.75, budget=1000.0, ttl=300) is not None
+
+
+async def test_usage_is_kept_per_utc_day(store):
+    await store.record_spend("1:aaaa", DAY, 1000.0)
+    assert await store.try_reserve("1:aaaa", DAY, 1.0, budget=1000.0, ttl=300) is None
+
+    # A new UTC day starts with the whole budget.
+    assert await store.try_reserve("1:aaaa", NEXT_DAY, 700.0, budget=1000.0, ttl=300)
+
+    usage = await store.usage(["1:aaaa"], NEXT_DAY)
+    assert (usage["1:aaaa"].used, usage["1:aaaa"].reserved) == (0.0, 700.0)
+    assert (await store.usage(["1:aaaa"], DAY))["1:aaaa"].used == 1000.0
+
+
+async def test_usage_is_kept_per_account(store):
+    await store.record_spend("1:aaaa", DAY, 10.0)
+    await store.try_reserve("2:bbbb", DAY, 20.0, budget=None, ttl=300)
+
+    usage = await store.usage(["1:aaaa", "2:bbbb", "3:cccc"], DAY)
+
+    assert {a: (u.used, u.reserved) for a, u in usage.items()} == {
+        "1:aaaa": (10.0, 0.0),
+        "2:bbbb": (0.0, 20.0),
+        "3:cccc": (0.0, 0.0),
+    }
+
+
+async def test_concurrent_reservations_never_overspend(store):
+    results = await asyncio.gather(
+        *(store.try_reserve("1:aaaa", DAY, 7.0, budget=100.0, ttl=300) for _ in range(60))
+    )
+
+    granted = [r for r in results if r is not None]
+    assert len(granted) == 100 // 7
+    assert len({r.id for r in granted}) == len(granted)
+    assert (await store.usage(["1:aaaa"], DAY))["1:aaaa"].reserved == 7.0 * (100 // 7)
+
+
+# --- blobs ---------------------------------------------------------------------------------
+
+
+async def test_blob_round_trips_bytes_and_content_type(store):
+    data = bytes(range(256)) * 100
+
+    await store.put_blob("img-1", data, "image/png", ttl=3600)
+
+    assert await store.get_blob("img-1") == (data, "image/png")
+    assert await store.get_blob("img-unknown") is None
+
+
+async def test_blob_expires_after_its_ttl(store, clock):
+    await store.put_blob("img-1", b"\x89PNG...", "image/png", ttl=60)
+    clock.advance(59)
+    assert await store.get_blob("img-1") is not None
+
+    clock.advance(2)
+
+    assert await store.get_blob("img-1") is None
+
+
+async def test_putting_a_blob_again_replaces_it(store):
+    await store.put_blob("img-1", b"old", "image/png", ttl=60)
+    await store.put_blob("img-1", b"new", "image/jpeg", ttl=60)
+
+    assert await store.get_blob("img-1") == (b"new", "image/jpeg")
+
+
+# --- health --------------------------------------------------------------------------------
+
+
+async def test_status_names_the_backend_and_says_ok(store):
+    status = await store.status()
+
+    assert status["backend"] == store.name
+    assert status["ok"] is True
+    assert isinstance(status["detail"], str) and status["detail"]
