@@ -1,0 +1,248 @@
+"""The Workers AI REST client: one call per `run`, every outcome an `Attempt`.
+
+Everything about Cloudflare's wire format lives here and in `classify`: the body per model
+(multipart for FLUX.2, JSON for the rest), the answer per model (base64 in a JSON envelope or
+raw image bytes), `cf-ai-neurons`, `Retry-After`. Upstream trouble never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from flux_proxy.job import GeneratedImage, ImageJob
+from flux_proxy.logs import log_event
+from flux_proxy.settings import AccountConfig
+from flux_proxy.upstream.classify import (
+    Attempt,
+    OutcomeKind,
+    classify,
+    classify_exception,
+    parse_neurons,
+)
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+class WorkersAIClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=connect_timeout,
+            sock_connect=connect_timeout,
+            sock_read=read_timeout,
+        )
+        self._session = session
+        self._owns_session = session is None
+
+    async def start(self) -> None:
+        if self._session is None:
+            # The pool's per-account slots bound concurrency; the connector should not add a
+            # second, smaller limit that makes calls queue invisibly.
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
+            self._owns_session = True
+
+    async def close(self) -> None:
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("WorkersAIClient.start() was not called")
+        return self._session
+
+    def run_url(self, account: AccountConfig, job: ImageJob) -> str:
+        # Model ids contain `@` and `/`; Cloudflare expects them as they are, not encoded.
+        return f"{self.base_url}/accounts/{account.account_id}/ai/run/{job.model.id}"
+
+    async def run(self, account: AccountConfig, job: ImageJob) -> Attempt:
+        started = time.monotonic()
+        body, content_type = build_body(job)
+        headers = _auth(account)
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            async with self.session.post(
+                self.run_url(account, job), data=body, headers=headers, timeout=self.timeout
+            ) as response:
+                payload = await response.read()
+                return read_answer(
+                    account,
+                    job,
+                    response.status,
+                    response.headers,
+                    payload,
+                    latency=time.monotonic() - started,
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return classify_exception(exc, latency=time.monotonic() - started)
+        except Exception as exc:  # still an Attempt, never raised, but worth a warning
+            log_event("upstream_client_error", logging.WARNING, error=type(exc).__name__)
+            return classify_exception(exc, latency=time.monotonic() - started)
+
+    async def verify_token(self, account: AccountConfig) -> bool | None:
+        """True: the token works; False: Cloudflare rejects it; None: could not tell."""
+        try:
+            async with self.session.get(
+                f"{self.base_url}/user/tokens/verify", headers=_auth(account), timeout=self.timeout
+            ) as response:
+                if response.status in (401, 403):
+                    return False
+                if response.status != 200:
+                    return None
+                body = _parse_json(await response.read())
+        except Exception:
+            return None
+        if not isinstance(body, dict):
+            return None
+        return body.get("success") is True
+
+
+def _auth(account: AccountConfig) -> dict[str, str]:
+    return {"Authorization": f"Bearer {account.token.get_secret_value()}"}
+
+
+# --- request -----------------------------------------------------------------------------
+
+
+def upstream_fields(job: ImageJob) -> dict[str, Any]:
+    """The scalar fields the model takes, under its upstream names; only those that are set."""
+    model = job.model
+    fields: dict[str, Any] = {"prompt": job.prompt}
+    if model.takes_negative_prompt and job.negative_prompt:
+        fields["negative_prompt"] = job.negative_prompt
+    if model.takes_size:
+        if job.width is not None:
+            fields["width"] = job.width
+        if job.height is not None:
+            fields["height"] = job.height
+    if model.steps_field and model.takes_steps and job.steps is not None:
+        fields[model.steps_field] = job.steps
+    if model.guidance_range is not None and job.guidance is not None:
+        fields["guidance"] = job.guidance
+    if model.takes_seed and job.seed is not None:  # seed 0 is a seed
+        fields["seed"] = job.seed
+    return fields
+
+
+def build_body(job: ImageJob) -> tuple[aiohttp.FormData | bytes, str | None]:
+    """The request body and its content type (None: the form sets its own boundary)."""
+    fields = upstream_fields(job)
+    if job.model.body == "json":
+        return orjson.dumps(fields), "application/json"
+    # FLUX.2 wants multipart even for a prompt alone.
+    form = aiohttp.FormData(default_to_multipart=True)
+    for name, value in fields.items():
+        form.add_field(name, str(value))
+    for index, reference in enumerate(job.references[: job.model.max_references]):
+        extension = _EXTENSIONS.get(reference.mime, "bin")
+        form.add_field(
+            f"input_image_{index}",
+            reference.data,
+            filename=f"input_image_{index}.{extension}",
+            content_type=reference.mime,
+        )
+    return form, None
+
+
+# --- answer ------------------------------------------------------------------------------
+
+
+def read_answer(
+    account: AccountConfig,
+    job: ImageJob,
+    status: int,
+    headers: Any,
+    payload: bytes,
+    *,
+    latency: float,
+) -> Attempt:
+    """Turn one HTTP answer into an Attempt (success with an image, or a classified failure)."""
+    neurons = parse_neurons(headers.get("cf-ai-neurons"))
+    content_type = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    model = job.model
+
+    if status == 200 and model.answer == "raw_bytes" and content_type.startswith("image/"):
+        if not payload:
+            return _no_image(status, neurons, latency, "Workers AI answered with an empty image")
+        image = GeneratedImage.from_bytes(
+            payload, mime=content_type, account=account.number, neurons=neurons, seed=job.seed
+        )
+        return _success(image, neurons, latency)
+
+    body = _parse_json(payload)
+    if status == 200 and model.answer == "base64_json" and isinstance(body, dict):
+        b64 = _envelope_image(body)
+        if b64 is not None:
+            # Passed through as base64: decoding megabytes only to re-encode them is waste.
+            image = GeneratedImage.from_b64(
+                b64, account=account.number, neurons=neurons, seed=job.seed
+            )
+            if image.mime == "application/octet-stream" and model.answer_mime:
+                image.mime = model.answer_mime
+            return _success(image, neurons, latency)
+
+    attempt = classify(status, headers, body, latency=latency, neurons=neurons)
+    if status == 200 and body is None and attempt.kind is OutcomeKind.TRANSIENT:
+        attempt.message = "Workers AI answered with something that is neither JSON nor an image"
+    return attempt
+
+
+def _envelope_image(body: dict) -> str | None:
+    if body.get("success") is False:
+        return None
+    result = body.get("result")
+    image = result.get("image") if isinstance(result, dict) else None
+    if not isinstance(image, str) or not image:
+        return None
+    if image.startswith("data:"):  # tolerate a data URL; the payload after the comma is base64
+        image = image.partition(",")[2]
+    return image or None
+
+
+def _parse_json(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _success(image: GeneratedImage, neurons: float | None, latency: float) -> Attempt:
+    return Attempt(
+        kind=OutcomeKind.SUCCESS,
+        status=200,
+        code=None,
+        message="ok",
+        retry_after=None,
+        neurons=neurons,
+        image=image,
+        latency=latency,
+    )
+
+
+def _no_image(status: int, neurons: float | None, latency: float, message: str) -> Attempt:
+    return Attempt(
+        kind=OutcomeKind.TRANSIENT,
+        status=status,
+        code=None,
+        message=message,
+        retry_after=None,
+        neurons=neurons,
+        image=None,
+        latency=latency,
+    )
