@@ -1,0 +1,139 @@
+"""`flux-proxy serve | emulator | ...`: a small argparse dispatcher.
+
+Each subcommand is one `(add_arguments, run)` pair in `COMMANDS`; adding one (e.g. `check`)
+is a function pair and one line there. `run` returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from pydantic import ValidationError
+
+from flux_proxy.settings import ConfigError, Settings
+
+EXIT_CONFIG = 2
+
+_NO_KEY = """\
+flux-proxy: API_MASTER_KEY is not set, so anyone who can reach the port could spend your
+Cloudflare neurons. Set it (one key, or several separated by commas), for example:
+
+    export API_MASTER_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+
+or put API_MASTER_KEY=... in .env. To serve WITHOUT a key anyway, pass --no-auth."""
+
+_NO_AUTH_WARNING = """\
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!!  WARNING: --no-auth: /v1/* answers ANYONE who can reach this port, with no key.  !!
+!!  Every request spends the configured accounts' neurons. Use only on a trusted     !!
+!!  machine or network.                                                              !!
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment and files; a bad value exits with a clean message."""
+    try:
+        return Settings(**overrides)
+    except ConfigError as error:
+        raise SystemExit(_config_failure(str(error))) from None
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}"
+            for e in error.errors(include_url=False, include_input=False)
+        )
+        raise SystemExit(_config_failure(problems)) from None
+
+
+def _config_failure(message: str) -> int:
+    print(f"flux-proxy: configuration error: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument(
+        "--emulator",
+        action="store_true",
+        help="also run the built-in Workers AI emulator with demo accounts (no Cloudflare)",
+    )
+    parser.add_argument(
+        "--no-auth", action="store_true", help="serve without API_MASTER_KEY (not recommended)"
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from flux_proxy.app import create_app
+    from flux_proxy.logs import configure_logging
+
+    settings = load_settings(no_auth=True) if args.no_auth else load_settings()
+    if not settings.master_keys and not args.no_auth:
+        print(_NO_KEY, file=sys.stderr)
+        return EXIT_CONFIG
+    if args.no_auth:
+        print(_NO_AUTH_WARNING, file=sys.stderr, flush=True)
+    configure_logging(settings.log_format, settings.log_level)
+    app = create_app(settings, embedded_emulator=args.emulator)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,  # the app logs one structured line per request
+        proxy_headers=False,  # forwarded headers are judged by TRUSTED_PROXIES, not uvicorn
+        server_header=False,
+    )
+    return 0
+
+
+# --- emulator --------------------------------------------------------------------------------
+
+
+def _emulator_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8787, help="port to listen on")
+
+
+def emulator(args: argparse.Namespace) -> int:
+    from flux_proxy.emulator import run_emulator
+
+    run_emulator(args.host, args.port)
+    return 0
+
+
+# --- dispatch --------------------------------------------------------------------------------
+
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+COMMANDS: dict[str, Command] = {
+    "serve": ("run the proxy", _serve_arguments, serve),
+    "emulator": ("run the Workers AI emulator alone", _emulator_arguments, emulator),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flux-proxy",
+        description="OpenAI Images API in front of Cloudflare Workers AI, with account failover.",
+    )
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(subcommands.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][2](args)
+    except ConfigError as error:  # e.g. STATE_BACKEND=redis without REDIS_URL, at start-up
+        return _config_failure(str(error))
+    except KeyboardInterrupt:
+        return 130
