@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from flux_proxy.emulator.envelope import CloudflareError
 
@@ -79,7 +79,7 @@ async def _read_multipart(request: web.Request, max_bytes: int) -> CallBody:
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
-            if not isinstance(part, web.BodyPartReader):  # a nested multipart: not a form
+            if not isinstance(part, BodyPartReader):  # a nested multipart: not a form
                 body.problem = "nested multipart parts are not supported"
                 continue
             chunks: list[bytes] = []
