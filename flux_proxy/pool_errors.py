@@ -1,0 +1,89 @@
+"""What the pool tells a caller when no account made the image.
+
+Kept apart from the pool's mechanics: the choice of status, code and `Retry-After` is policy
+that the API layer and the openai SDK's retry logic depend on. Messages never carry
+Cloudflare's raw body or a token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from flux_proxy.clock import iso
+from flux_proxy.errors import ApiError
+from flux_proxy.job import ImageJob
+from flux_proxy.upstream.classify import Attempt, OutcomeKind
+
+NO_RETRY_ABOVE = 60.0  # longer waits tell the openai SDK not to retry (each retry may cost)
+
+
+@dataclass
+class RequestTally:
+    """What one request learned while going through the accounts."""
+
+    deadline: float
+    tried: set[int] = field(default_factory=set)
+    returns: list[float] = field(default_factory=list)  # when skipped/blocked accounts return
+    exhausted: int = 0  # parked, cooling or out of budget
+    disabled: int = 0
+    model_unavailable: int = 0
+    transient: int = 0
+    deadline_hit: bool = False
+
+
+def nothing_usable(run: RequestTally, job: ImageJob, deadline: float, now: float) -> ApiError:
+    """The error for a request every account failed or was skipped for."""
+    if run.deadline_hit:
+        return ApiError(
+            504,
+            f"No account produced an image within the {deadline:g} s request deadline",
+            code="upstream_timeout",
+        )
+    if run.transient:
+        # An account failed for a passing reason and is not blocked: a retry may succeed.
+        return ApiError(
+            502,
+            f"Workers AI failed on every account tried ({run.transient} attempts)",
+            code="upstream_unavailable",
+        )
+    if run.returns:
+        wait = max(1, math.ceil(min(run.returns) - now))
+        headers = {"Retry-After": str(wait)}
+        if wait > NO_RETRY_ABOVE:
+            headers["x-should-retry"] = "false"
+        return ApiError(
+            429,
+            f"Every usable account is out of neurons or rate limited; the earliest is "
+            f"usable again in {wait} s (at {iso(now + wait)})",
+            code="accounts_exhausted",
+            headers=headers,
+        )
+    if run.model_unavailable:
+        return ApiError(
+            503,
+            f"The model {job.model.short_name} is not available on any configured account",
+            code="model_unavailable",
+        )
+    return ApiError(
+        503,
+        "No usable Cloudflare account is configured (none set, or every token was rejected)",
+        code="no_usable_account",
+    )
+
+
+def rejected_input(attempt: Attempt) -> ApiError:
+    """Cloudflare refused the input itself: the caller's fault, no other account is tried."""
+    status = 413 if attempt.kind is OutcomeKind.TOO_LARGE else 400
+    return ApiError(status, attempt.message, param=attempt.param, code="upstream_rejected_input")
+
+
+def busy_error(job: ImageJob, concurrency: int) -> ApiError:
+    # A slot frees when a call ends, so one typical call of this model is a fair wait.
+    wait = max(1, math.ceil(job.model.typical_seconds))
+    return ApiError(
+        429,
+        f"Every usable account is busy ({concurrency} calls each); try again in about {wait} s",
+        code="accounts_busy",
+        headers={"Retry-After": str(wait)},
+    )
