@@ -1,4 +1,5 @@
-"""One contract, every back-end: MemoryStore, SqliteStore and RedisStore behave the same.
+"""One contract, every back-end: MemoryStore, SqliteStore, RedisStore and ResilientStore (with
+Redis up) behave the same.
 
 Redis runs at REDIS_URL (default redis://127.0.0.1:6379/0); each test uses its own key prefix
 and deletes its keys afterwards. The Redis cases are skipped only when no Redis answers.
@@ -17,6 +18,7 @@ from flux_proxy.clock import FrozenClock
 from flux_proxy.store.base import Block
 from flux_proxy.store.memory import MemoryStore
 from flux_proxy.store.redis import RedisStore
+from flux_proxy.store.resilient import ResilientStore
 from flux_proxy.store.sqlite import SqliteStore
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -40,7 +42,7 @@ def clock() -> FrozenClock:
     return FrozenClock(START)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "resilient"])
 async def store(request, clock, tmp_path):
     if request.param == "memory":
         store = MemoryStore(clock)
@@ -56,6 +58,8 @@ async def store(request, clock, tmp_path):
         admin = await redis_or_skip()
         prefix = f"test-{uuid.uuid4().hex}:"
         store = RedisStore(REDIS_URL, prefix, clock)
+        if request.param == "resilient":  # Redis with its local safety net, Redis being up
+            store = ResilientStore(store, MemoryStore(clock), clock=clock)
         await store.open()
         try:
             yield store

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flux_proxy.clock import Clock
@@ -28,8 +29,16 @@ from flux_proxy.store.redis import RedisStore
 
 T = TypeVar("T")
 
-# What "Redis is unreachable" looks like: redis-py's own errors and the OS-level ones.
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+# What "Redis cannot serve us" looks like: redis-py's connection errors and timeouts, the
+# OS-level ones, and a Redis that answers but refuses writes (a replica after failover, OOM).
+UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    TimeoutError,
+    ReadOnlyError,
+    OutOfMemoryError,
+)
 
 DEGRADED_DETAIL = "redis unreachable; serving from local state"
 
@@ -96,7 +105,8 @@ class ResilientStore:
         try:
             await self.primary.ping()
             pushed = await self._resync()
-        except UNREACHABLE:
+        except Exception:
+            # Whatever went wrong, keep serving locally; what was not pushed stays queued.
             self._retry_at = self._clock.now() + self.retry_interval
             return
         finally:
