@@ -18,7 +18,7 @@ from flux_proxy.store.base import Block
 from flux_proxy.store.factory import open_store
 from flux_proxy.store.memory import MemoryStore
 from flux_proxy.store.resilient import ResilientStore
-from flux_proxy.store.sqlite import SqliteStore
+from flux_proxy.store.sqlite import SWEEP_INTERVAL, SqliteStore
 
 START = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
 DAY = "2025-06-15"
@@ -213,3 +213,12 @@ async def test_sqlite_block_keeps_every_field(store):
     await store.set_block("1:aaaa", block)
 
     assert await store.get_blocks(["1:aaaa"]) == {"1:aaaa": block}
+
+
+async def test_busy_store_sweeps_by_itself_every_few_minutes(store):
+    await store.put_blob("old", b"expired image", "image/png", ttl=60)
+    store._clock.advance(SWEEP_INTERVAL)
+
+    await store.put_blob("new", b"fresh image", "image/png", ttl=60)
+
+    assert [(store.blob_dir / n).read_bytes() for n in blob_files(store)] == [b"fresh image"]

@@ -31,7 +31,7 @@ from flux_proxy.store.base import Block, Reservation, Usage
 T = TypeVar("T")
 
 USAGE_KEEP_DAYS = 3  # usage rows older than this are history nobody reads
-SWEEP_INTERVAL = 300.0  # seconds between opportunistic sweeps from put_blob
+SWEEP_INTERVAL = 300.0  # seconds between sweeps piggybacked on put_blob / settle
 ORPHAN_FILE_AGE = 3600.0  # a blob file with no row, older than this, was left by a crash
 BUSY_TIMEOUT_MS = 10_000
 
@@ -195,6 +195,7 @@ class SqliteStore:
             _add_spend(conn, reservation.account, reservation.day, actual)
 
         await self._run(self._write, settle)
+        await self._maybe_sweep()
 
     async def release(self, reservation: Reservation) -> None:
         await self._run(
@@ -235,10 +236,8 @@ class SqliteStore:
 
     # --- blobs ------------------------------------------------------------------------------
     async def put_blob(self, key: str, data: bytes, content_type: str, ttl: float) -> None:
-        now = self._clock.now()
-        await self._run(self._put_blob, key, data, content_type, now + ttl)
-        if now - self._last_sweep >= SWEEP_INTERVAL:
-            await self.sweep()
+        await self._run(self._put_blob, key, data, content_type, self._clock.now() + ttl)
+        await self._maybe_sweep()
 
     def _put_blob(self, key: str, data: bytes, content_type: str, expires_at: float) -> None:
         # A fresh file name per put: a sweep deleting an old version can never hit a new one.
@@ -281,6 +280,11 @@ class SqliteStore:
             return None
 
     # --- housekeeping -----------------------------------------------------------------------
+    async def _maybe_sweep(self) -> None:
+        """Housekeeping piggybacks on busy calls, so no timer task is needed."""
+        if self._clock.now() - self._last_sweep >= SWEEP_INTERVAL:
+            await self.sweep()
+
     async def sweep(self) -> None:
         """Delete expired blobs (rows and files), lapsed reservations and old usage days."""
         now = self._clock.now()
