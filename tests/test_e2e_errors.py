@@ -6,6 +6,7 @@ Exact upstream call counts come from the emulator's call log.
 from __future__ import annotations
 
 import logging
+import time
 
 import httpx
 import openai
@@ -175,14 +176,24 @@ def test_cors_allows_only_the_configured_origins(make_proxy):
     assert response.headers["access-control-allow-origin"] == "https://app.example"
 
 
+def wait_for_log(caplog, event: str, request_id: str) -> list[logging.LogRecord]:
+    """The request line is written just after the response is sent: give it a moment."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [
+            r for r in caplog.records if getattr(r, "event", None) == event
+            and r.fields.get("request_id") == request_id
+        ]  # fmt: skip
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.01)
+
+
 def test_one_log_line_per_request_without_secrets_or_prompts(proxy, emulator, caplog):
     caplog.set_level(logging.INFO, logger="flux_proxy")
     response = post(proxy, body={**SMALL, "prompt": "PRIVATE-PROMPT-TEXT"})
     request_id = response.headers["x-request-id"]
-    lines = [
-        r for r in caplog.records if getattr(r, "event", None) == "request"
-        and r.fields.get("request_id") == request_id
-    ]  # fmt: skip
+    lines = wait_for_log(caplog, "request", request_id)
     assert len(lines) == 1
     fields = lines[0].fields
     assert fields["route"] == "/v1/images/generations"
@@ -199,6 +210,7 @@ def test_one_log_line_per_request_without_secrets_or_prompts(proxy, emulator, ca
 def test_prompts_are_logged_only_when_asked(make_proxy, caplog):
     proxy = make_proxy(log_prompts=True)
     caplog.set_level(logging.INFO, logger="flux_proxy")
-    post(proxy, body={**SMALL, "prompt": "LOGGED-PROMPT"})
+    response = post(proxy, body={**SMALL, "prompt": "LOGGED-PROMPT"})
+    wait_for_log(caplog, "request", response.headers["x-request-id"])
     prompts = [r for r in caplog.records if getattr(r, "event", None) == "prompt"]
     assert [r.fields["prompt"] for r in prompts] == ["LOGGED-PROMPT"]
