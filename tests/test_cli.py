@@ -1,0 +1,165 @@
+"""The command line, as real subprocesses: start-up refusals with clean messages, and
+`serve --emulator` serving an image to the openai SDK."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from flux_proxy.cli import COMMANDS, build_parser
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment minus anything that configures the proxy, plus `extra`."""
+    pattern = re.compile(
+        r"^(API_MASTER_KEY|CF_|ACCOUNT_|STATE_BACKEND|REDIS_URL|DATA_DIR|DEFAULT_MODEL)"
+    )
+    env = {k: v for k, v in os.environ.items() if not pattern.match(k)}
+    env.update(extra)
+    return env
+
+
+def flux_proxy(*args: str, cwd: Path, env: dict[str, str], timeout: float = 30):
+    return subprocess.run(
+        [sys.executable, "-m", "flux_proxy", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_live(url: str, process: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited early: {process.communicate()}")
+        try:
+            if httpx.get(url + "/health/live", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not come up")
+
+
+def stop(process: subprocess.Popen) -> tuple[str, str]:
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()
+
+
+def test_serve_refuses_to_start_without_api_master_key(tmp_path):
+    result = flux_proxy("serve", "--port", str(free_port()), cwd=tmp_path, env=clean_env())
+    assert result.returncode != 0
+    assert "API_MASTER_KEY" in result.stderr
+    assert "--no-auth" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_half_set_account_pair_exits_2_naming_the_variable(tmp_path):
+    env = clean_env(API_MASTER_KEY="k", ACCOUNT_3="abc123")
+    result = flux_proxy("serve", "--port", str(free_port()), cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert "CF_API_TOKEN_3" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_setting_value_exits_2_without_a_traceback(tmp_path):
+    env = clean_env(API_MASTER_KEY="k", DAILY_NEURONS="lots")
+    result = flux_proxy("serve", cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert "DAILY_NEURONS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_with_emulator_serves_an_image_to_the_sdk(tmp_path):
+    port = free_port()
+    key = "cli-test-key-" + "z" * 16
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flux_proxy", "serve", "--emulator", "--port", str(port)],
+        cwd=tmp_path,
+        env=clean_env(API_MASTER_KEY=key),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(url, process)
+        client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
+        result = client.images.generate(prompt="a red bicycle", size="320x256")
+        image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+        assert image.size == (320, 256)
+        assert result.data[0].url.startswith(url + "/v1/images/files/")
+        health = httpx.get(url + "/health").json()
+        assert health["mode"] == "emulator"
+        assert health["status"] == "ok" and health["total_accounts"] == 3
+        assert health["store"]["backend"] == "memory"
+    finally:
+        out, err = stop(process)
+    assert key not in out + err
+    assert "emulator" in (out + err).lower()
+
+
+def test_no_auth_prints_a_loud_warning_and_serves(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flux_proxy", "serve", "--emulator", "--no-auth", "--port",
+         str(port)],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(url, process)
+        models = httpx.get(url + "/v1/models")  # no key needed
+        assert models.status_code == 200
+    finally:
+        _, err = stop(process)
+    assert "WARNING" in err and "--no-auth" in err
+
+
+@pytest.mark.skipif(shutil.which("flux-proxy") is None, reason="console script not on PATH")
+def test_console_script_lists_the_subcommands(tmp_path):
+    result = subprocess.run(
+        ["flux-proxy", "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=30
+    )
+    assert result.returncode == 0
+    assert "serve" in result.stdout and "emulator" in result.stdout
+
+
+def test_parser_knows_serve_and_emulator_options():
+    args = build_parser().parse_args(["serve", "--emulator", "--port", "9000", "--no-auth"])
+    assert (args.command, args.emulator, args.port, args.no_auth) == ("serve", True, 9000, True)
+    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
+    args = build_parser().parse_args(["emulator"])
+    assert (args.port, args.host) == (8787, "127.0.0.1")
+    assert {"serve", "emulator"} <= set(COMMANDS)
