@@ -189,3 +189,13 @@ def test_models_list_has_created_in_seconds(proxy):
     for model in body["data"]:
         assert model["object"] == "model"
         assert model["created"] < 10**10  # seconds, not milliseconds (the seed's fault)
+
+
+def test_web_page_is_served_without_the_key_in_it(proxy):
+    page = httpx.get(proxy.url + "/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert proxy.key not in page.text  # the seed wrote its master key into the page
+    assert httpx.get(proxy.url + "/static/style.css").status_code == 200
+    missing = httpx.get(proxy.url + "/static/no-such-file.js")
+    assert missing.status_code == 404 and "error" in missing.json()
