@@ -23,7 +23,11 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = dict(getattr(record, "fields", {}) or {})
-        event = getattr(record, "event", None) or record.getMessage()
+        event = getattr(record, "event", None)
+        if event is None:
+            # A plain logging call (uvicorn, a library): name the logger, keep its text apart.
+            event = record.name
+            fields["message"] = record.getMessage()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         stamp += f".{int(record.msecs):03d}Z"
         if self.json:
@@ -43,12 +47,27 @@ def _text(value: object) -> str:
     )
 
 
+# uvicorn's own loggers ("Started server process", server errors) go through the same handler,
+# so LOG_FORMAT=json output is JSON throughout; uvicorn must then be started with
+# `log_config=None`, or its default dictConfig replaces these handlers.
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error")
+
+
 def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(fmt))
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+    server = logging.getLogger(SERVER_LOGGERS[0])
+    server.handlers[:] = [handler]
+    server.setLevel(level.upper())
+    server.propagate = False
+    for name in SERVER_LOGGERS[1:]:
+        child = logging.getLogger(name)
+        child.handlers[:] = []  # it propagates to "uvicorn", which has the handler
+        child.setLevel(logging.NOTSET)  # and follows its level
+        child.propagate = True
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: object) -> None:

@@ -56,6 +56,13 @@ class Metrics:
             ["account", "state"],
             registry=r,
         )
+        self.duplicate_spend = Counter(
+            "flux_proxy_duplicate_spend",
+            "Calls that may have been billed without giving an image (no answer after the "
+            "request was sent); the image is then made elsewhere, so it may be paid twice",
+            ["account", "model"],
+            registry=r,
+        )
         self.images = Counter(
             "flux_proxy_images",
             "Images returned to callers",

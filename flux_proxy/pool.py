@@ -131,6 +131,11 @@ class AccountPool:
                 if block is not None and block.active(now):
                     active[account.number] = block
                     break
+            if self.metrics:
+                # Blocks end by themselves and other replicas set them: what was just read is
+                # the freshest view, so the state gauge follows it on every request.
+                state = active[account.number].kind if account.number in active else "available"
+                self.metrics.set_account_state(account.number, state)
         return active
 
     def _skip_reason(
@@ -183,7 +188,10 @@ class AccountPool:
                 spent = attempt.neurons if attempt.neurons is not None else estimate
                 await self.store.settle(reservation, spent)
                 if self.metrics:
-                    self.metrics.neurons.labels(str(number), job.model.short_name).inc(spent)
+                    model = job.model.short_name
+                    self.metrics.neurons.labels(str(number), model).inc(spent)
+                    if attempt.kind is not OutcomeKind.SUCCESS:
+                        self.metrics.duplicate_spend.labels(str(number), model).inc()
             else:
                 await self.store.release(reservation)
             reservation = None
@@ -328,8 +336,6 @@ class AccountPool:
             block = blocks.get(account.number)
             budget = self.settings.budget_for(account)
             state = block.kind if block is not None else "available"
-            if self.metrics:
-                self.metrics.set_account_state(account.number, state)
             entries.append(
                 {
                     "number": account.number,
