@@ -6,6 +6,7 @@ docs/screenshot.png (1280 wide) and docs/screenshot-mobile.png (390 wide).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -39,7 +40,7 @@ expect = sync_api.expect
 expect.set_options(timeout=10_000)
 
 
-# --- fixtures and helpers --------------------------------------------------------------------
+# --- fixtures and helpers ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,8 @@ async ({selector, files}) => {
   for (const file of made) transfer.items.add(file);
   const target = document.querySelector(selector);
   for (const type of ["dragenter", "dragover", "drop"]) {
-    target.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: transfer}));
+    const init = {bubbles: true, cancelable: true, dataTransfer: transfer};
+    target.dispatchEvent(new DragEvent(type, init));
   }
 }
 """
@@ -123,7 +125,7 @@ def drop_files(page, files: list[dict]) -> None:
     page.evaluate(DROP_FILES_JS, {"selector": "#reference-drop", "files": files})
 
 
-# --- the main path -----------------------------------------------------------------------------
+# --- the main path ----------------------------------------------------------------------------
 
 
 def test_key_then_text_prompt_shows_the_image_with_the_account_that_made_it(page, proxy, emulator):
@@ -195,7 +197,47 @@ def test_files_that_are_not_images_are_refused_with_a_readable_message(page, pro
     expect(page.locator(".ref-item")).to_have_count(0)
 
 
-# --- the prompt ---------------------------------------------------------------------------------
+PASTE_JS = """
+async () => {
+  const canvas = document.createElement("canvas");
+  canvas.width = 120;
+  canvas.height = 90;
+  canvas.getContext("2d").fillRect(0, 0, 120, 90);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([blob], "clipboard.png", {type: "image/png"}));
+  document.querySelector("#prompt").dispatchEvent(
+    new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true}));
+}
+"""
+
+
+def test_references_can_be_pasted_or_chosen_and_oversized_files_are_refused(
+    page, proxy, emulator, png
+):
+    open_page(page, proxy)
+    page.evaluate(PASTE_JS)
+    expect(page.locator(".ref-item")).to_have_count(1)
+    page.set_input_files(
+        "#reference-input",
+        files=[{"name": "chosen.png", "mimeType": "image/png", "buffer": png(80, 60)}],
+    )
+    expect(page.locator(".ref-item")).to_have_count(2)
+    oversized = png(8, 8) + b"\0" * (10 * 1024 * 1024)
+    page.set_input_files(
+        "#reference-input",
+        files=[{"name": "huge.png", "mimeType": "image/png", "buffer": oversized}],
+    )
+    expect(page.locator("#reference-error")).to_have_text(
+        "huge.png is 10.1 MB; the limit is 10 MB."
+    )
+    expect(page.locator(".ref-item")).to_have_count(2)
+    generate(page, "image 0 and image 1")
+    files = emulator.calls()[-1]["files"]
+    assert (files["input_image_0"]["width"], files["input_image_1"]["width"]) == (120, 80)
+
+
+# --- the prompt -------------------------------------------------------------------------------
 
 
 def test_invalid_json_prompt_shows_an_inline_error_and_sends_nothing(page, proxy, emulator):
@@ -204,11 +246,17 @@ def test_invalid_json_prompt_shows_an_inline_error_and_sends_nothing(page, proxy
     page.click("label[for='mode-json']")
     page.fill("#prompt", '{"scene": "a harbour at dawn",}')
 
-    expect(page.locator("#prompt-error")).to_be_visible()
-    expect(page.locator("#prompt-error")).to_contain_text("Line 1, column")
+    expect(page.locator("#prompt-error")).to_have_text(
+        "Line 1, column 30: remove the comma before }."
+    )
     expect(page.locator("#generate")).to_be_disabled()
     page.locator("#prompt").press("Control+Enter")
     page.wait_for_timeout(300)
+    page.fill("#prompt", '{\n  "scene": harbour\n}')
+    expect(page.locator("#prompt-error")).to_have_text(
+        "Line 2, column 12: text values need double quotes."
+    )
+    page.click("#generate", force=True)  # a disabled button does nothing, even when forced
     assert sent == []
     assert emulator.calls() == []
 
@@ -241,7 +289,7 @@ def test_json_template_has_the_flux2_fields_and_is_pretty_printed(page, proxy):
     assert page.input_value("#prompt") == '{\n  "scene": "x",\n  "mood": "calm"\n}'
 
 
-# --- errors and cancelling -------------------------------------------------------------------------
+# --- errors and cancelling --------------------------------------------------------------------
 
 
 def test_wrong_key_shows_a_clear_message_and_lets_the_user_enter_another(page, proxy, emulator):
@@ -268,14 +316,15 @@ def test_wrong_key_shows_a_clear_message_and_lets_the_user_enter_another(page, p
 
 
 def test_cancel_aborts_the_request(page, proxy, emulator):
-    httpx.post(f"{emulator.root}/__emulator/config", json={"latency": 5.0}).raise_for_status()
+    httpx.post(f"{emulator.root}/__emulator/config", json={"latency": 3.0}).raise_for_status()
     open_page(page, proxy)
     page.fill("#prompt", "a slow painting")
     failed: list = []
     page.on("requestfailed", lambda r: r.url.endswith(GENERATIONS) and failed.append(r))
     page.click("#generate")
     expect(page.locator("#progress")).to_be_visible()
-    expect(page.locator("#progress-time")).to_contain_text("usually ~25")
+    # flux-2-dev's typical 25 s is for 1024x1024; the default 1024x768 is 3/4 of that.
+    expect(page.locator("#progress-time")).to_contain_text("usually ~19 s")
     page.click("#cancel")
 
     expect(page.locator("#message-text")).to_contain_text("Cancelled")
@@ -286,21 +335,44 @@ def test_cancel_aborts_the_request(page, proxy, emulator):
     expect(page.locator(".result-image")).to_have_count(0)
 
 
-def test_exhausted_accounts_answer_is_shown_as_text_with_the_wait(page, proxy, emulator):
+def test_exhausted_accounts_are_explained_with_the_wait(page, proxy, emulator):
     open_page(page, proxy)
-    emulator.fault(
-        account=None,
-        kind="error",
-        status=429,
-        code=3036,
-        message="<b>daily free allocation</b> used",
-        count=None,
-    )
+    emulator.fault(account=None, kind="error", status=429, code=3036, count=None)
     generate(page, "anything")
     message = page.locator("#message-text")
-    expect(message).to_contain_text("(429)")
-    # Server text is shown as text, never parsed as markup.
-    assert page.locator("#message b").count() == 0
+    expect(message).to_contain_text("No account can take this right now (429)")
+    expect(message).to_contain_text(re.compile(r"Try again in [\d.]+ (s|min|h)\."))
+    expect(page.locator(".result-image")).to_have_count(0)
+
+
+def test_server_and_user_text_is_shown_as_text_never_as_markup(page, proxy):
+    open_page(page, proxy)
+    generate(page, "<b>bold</b> <img src=x onerror='window.pwned=1'>")
+    expect(page.locator(".result-prompt")).to_have_text(
+        "<b>bold</b> <img src=x onerror='window.pwned=1'>"
+    )
+    expect(page.locator(".history-prompt")).to_contain_text("<b>bold</b>")
+
+    hostile = {
+        "error": {
+            "message": '<img src=x onerror="window.pwned=1"> refused',
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    page.route(
+        "**" + GENERATIONS,
+        lambda route: route.fulfill(
+            status=400, content_type="application/json", body=json.dumps(hostile)
+        ),
+    )
+    generate(page)
+    expect(page.locator("#message-text")).to_have_text(
+        'The request was refused (400): <img src=x onerror="window.pwned=1"> refused'
+    )
+    assert page.locator("main b, main img[src='x']").count() == 0
+    assert page.evaluate("window.pwned") is None
 
 
 # --- controls ---------------------------------------------------------------------------------
@@ -326,6 +398,31 @@ def test_controls_adapt_to_the_model(page, proxy, emulator):
     assert {"width", "height", "seed", "images"}.isdisjoint(body)
     assert body["steps"] == 4
     expect(page.locator(".result-image")).to_be_visible()
+
+
+def test_several_images_come_back_each_with_its_seed_and_account(page, proxy, emulator):
+    open_page(page, proxy)
+    page.click("label[for='n-3']")
+    page.fill("#seed", "1000")
+    _, body = generate(page, "three lanterns")
+    assert (body["n"], body["seed"]) == (3, 1000)
+    expect(page.locator(".result-figure")).to_have_count(3)
+    expect(page.locator(".fact-seed")).to_have_text(["1000", "1001", "1002"])
+    expect(page.locator(".fact-account")).to_have_text([re.compile(r"^#[123]$")] * 3)
+    assert len(emulator.calls()) == 3
+
+
+def test_status_bar_shows_parked_accounts_and_neurons_left(page, proxy, emulator):
+    open_page(page, proxy)
+    expect(page.locator("#status")).to_contain_text("30,000 neurons left today")
+    for _, account_id, _ in emulator.accounts:
+        emulator.set_usage(account_id, 10_000)
+    generate(page, "anything")  # every account answers "allocation spent" and gets parked
+    expect(page.locator("#status")).to_contain_text("0 available")
+    expect(page.locator("#status")).to_contain_text("3 parked")
+    expect(page.locator("#status")).to_contain_text("0 neurons left today")
+    page.click(".status-menu summary")
+    expect(page.locator(".accounts-table tbody tr")).to_have_count(3)
 
 
 def test_custom_size_is_validated_and_clamped_and_shows_the_aspect_ratio(page, proxy):
@@ -362,7 +459,7 @@ def test_a_locked_seed_is_kept_and_an_unlocked_one_is_fresh_each_time(page, prox
     assert "seed" not in fourth
 
 
-# --- history -----------------------------------------------------------------------------------
+# --- history ----------------------------------------------------------------------------------
 
 
 def test_history_survives_a_reload_and_can_be_reused_and_deleted(page, proxy):
@@ -404,7 +501,7 @@ def test_a_result_can_become_a_reference_image(page, proxy, emulator):
     assert "input_image_0" in emulator.calls()[-1]["files"]
 
 
-# --- what is served ------------------------------------------------------------------------------
+# --- what is served ---------------------------------------------------------------------------
 
 
 def test_served_page_holds_no_key_token_markup_injection_or_outside_urls(proxy, emulator):
@@ -426,7 +523,7 @@ def test_served_page_holds_no_key_token_markup_injection_or_outside_urls(proxy, 
         assert all(url.startswith("http://www.w3.org/") for url in outside), (name, outside)
 
 
-# --- the look ------------------------------------------------------------------------------------
+# --- the look ---------------------------------------------------------------------------------
 
 
 def screenshot(page, path: Path, width: int) -> None:
@@ -458,6 +555,7 @@ def test_emulator_mode_is_shown_plainly_and_the_page_fits_a_phone(
         ],
     )
     page.click("label[for='mode-json']")
+    page.once("dialog", lambda dialog: dialog.accept())  # "replace the JSON prompt?"
     page.click("#json-template")
     page.click("#size-presets button:has-text('1024×768')")
     generate(page)

@@ -233,13 +233,17 @@ async function generate() {
   setBusy(true);
   clearMessage();
   const started = performance.now();
-  startProgress(model, values.n, started);
+  startProgress(model, values, started);
   try {
     const payload = await buildPayload();
     const response = await generateImages(payload, controller.signal);
     const seconds = (performance.now() - started) / 1000;
     const record = await recordFrom(response, payload, model, seconds);
     results.show(record);
+    if (Array.isArray(response.errors) && response.errors.length) {
+      const first = response.errors[0]?.error?.message || "unknown error";
+      showMessage(`${response.errors.length} of ${payload.n} images could not be made: ${first}`, "info");
+    }
     revealStage();
     controls.afterGeneration(record.images[0]?.seed);
     try {
@@ -321,8 +325,17 @@ function setBusy(busy) {
   updateGenerateButton();
 }
 
-function startProgress(model, count, started) {
-  const expected = model.typicalSeconds * Math.max(1, count);
+/** The model's typical time is for 1024x1024 at its default steps; the n images run at once. */
+function expectedSeconds(model, values) {
+  let seconds = model.typicalSeconds;
+  if (values.width && values.height) seconds *= Math.max(0.25, (values.width * values.height) / (1024 * 1024));
+  if (values.steps && model.defaultSteps) seconds *= values.steps / model.defaultSteps;
+  return Math.max(1, seconds);
+}
+
+function startProgress(model, values, started) {
+  const count = values.n;
+  const expected = expectedSeconds(model, values);
   const fill = $("#progress-fill");
   const track = $(".progress-track");
   $("#progress-text").textContent = `Generating ${count > 1 ? `${count} images` : "an image"} with ${model.name}…`;

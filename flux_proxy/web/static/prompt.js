@@ -2,6 +2,8 @@
 //
 // Each mode keeps its own text, so flipping to JSON and back never loses a sentence.
 
+import { lineAndColumn, locateJsonError } from "./json-check.js";
+
 /** A starting point with the fields FLUX.2's structured prompts understand. */
 export const JSON_TEMPLATE = {
   scene: "A quiet harbour town at dawn, fishing boats resting on glassy water",
@@ -62,16 +64,12 @@ export function parseJsonPrompt(text) {
 }
 
 function describeSyntaxError(text, error) {
-  const message = String(error.message || error);
-  const match = message.match(/position (\d+)/);
-  const reason = message
-    .replace(/\s*in JSON at position \d+.*$/s, "")
-    .replace(/^JSON\.parse: /, "")
-    .trim();
-  if (!match) return `Not valid JSON: ${reason}`;
-  const position = Number(match[1]);
-  const before = text.slice(0, position).split("\n");
-  return `Line ${before.length}, column ${before[before.length - 1].length + 1}: ${reason}`;
+  const found = locateJsonError(text);
+  if (found) {
+    const { line, column } = lineAndColumn(text, found.position);
+    return `Line ${line}, column ${column}: ${found.reason}.`;
+  }
+  return `Not valid JSON: ${String(error.message || error)}`;
 }
 
 export class PromptEditor {
@@ -98,6 +96,8 @@ export class PromptEditor {
       if (current && current !== pretty(JSON_TEMPLATE) && !confirm("Replace the JSON prompt with the template?")) return;
       this.setText(pretty(JSON_TEMPLATE));
       textarea.focus();
+      textarea.setSelectionRange(0, 0);
+      textarea.scrollTop = 0;
     });
     formatButton.addEventListener("click", () => this.format());
     this.render();

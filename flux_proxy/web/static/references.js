@@ -10,8 +10,10 @@ export const MAX_FILE_BYTES = 10 * 1024 * 1024;
 const UPLOAD_MAX_SIDE = 1024;
 const REORDER_TYPE = "application/x-flux-reference";
 
+/** Rounded up, so a file just over the limit never reads as "10.0 MB; the limit is 10 MB". */
 function megabytes(bytes) {
-  return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+  const value = Math.ceil((bytes / (1024 * 1024)) * 10) / 10;
+  return `${Number.isInteger(value) ? value : value.toFixed(1)} MB`;
 }
 
 export class ReferenceTray {
@@ -190,11 +192,10 @@ export class ReferenceTray {
     const li = h(
       "li",
       { class: "ref-item", draggable: "true", title: `${item.name} · ${item.width}×${item.height}`, dataset: { id: String(item.id) } },
-      h("img", { src: item.url, alt: `Reference image ${index}: ${item.name}`, draggable: "false" }),
-      h("span", { class: "ref-label", text: `image ${index}` }),
       h(
         "div",
-        { class: "ref-actions" },
+        { class: "ref-thumb" },
+        h("img", { src: item.url, alt: `Reference image ${index}: ${item.name}`, draggable: "false" }),
         h(
           "button",
           {
@@ -231,6 +232,7 @@ export class ReferenceTray {
           icon("close"),
         ),
       ),
+      h("span", { class: "ref-label", text: `image ${index}` }),
     );
     // Drag a thumbnail onto another to reorder (the buttons do the same from the keyboard).
     li.addEventListener("dragstart", (event) => {
