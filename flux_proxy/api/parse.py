@@ -12,9 +12,6 @@ output-conversion and streaming work lands). `stream=true` is refused with 400
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import math
 import re
 import secrets
@@ -23,10 +20,10 @@ from typing import Any, Literal
 
 import orjson
 
-from flux_proxy.api.body import RawRequest, UploadedFile
-from flux_proxy.errors import invalid, too_large
-from flux_proxy.images import prepare_reference
-from flux_proxy.job import ImageJob, ReferenceImage
+from flux_proxy.api.body import RawRequest
+from flux_proxy.api.references import collect_images, prepare_references
+from flux_proxy.errors import invalid
+from flux_proxy.job import ImageJob
 from flux_proxy.models import MODELS, ModelSpec, find_model
 from flux_proxy.settings import Settings
 
@@ -36,8 +33,6 @@ MAX_SEED = 2**63 - 1
 _RANDOM_SEED_BOUND = 2**31  # random seeds stay small enough for every client to print
 _SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*$")
 _INTEGER_TEXT = re.compile(r"^\s*[+-]?\d{1,20}\s*$")
-_INPUT_IMAGE = re.compile(r"^input_image_(\d+)$")
-_IMAGE_FIELDS = ("image", "image[]", "images", "images[]")
 
 
 @dataclass(frozen=True)
@@ -53,12 +48,6 @@ class ImageRequest:
 
     def jobs(self) -> list[ImageJob]:
         return [replace(self.job, seed=seed) for seed in self.seeds]
-
-
-@dataclass(frozen=True)
-class _PendingImage:
-    param: str  # the name the caller used, for error messages
-    data: bytes
 
 
 async def build_image_request(raw: RawRequest, settings: Settings, *, edit: bool) -> ImageRequest:
@@ -87,7 +76,7 @@ async def build_image_request(raw: RawRequest, settings: Settings, *, edit: bool
     guidance = _guidance(fields.get("guidance"), model)
     negative_prompt = _negative_prompt(fields.get("negative_prompt"), model, settings)
 
-    pending = _collect_images(raw, settings)
+    pending = collect_images(raw, settings)
     if edit and not pending:
         raise invalid(
             "an image to edit is required (form field 'image' or 'image[]')",
@@ -102,7 +91,7 @@ async def build_image_request(raw: RawRequest, settings: Settings, *, edit: bool
             f"got {len(pending)}",
             param=pending[model.max_references].param,
         )
-    references = await _prepare_references(pending, model)
+    references = await prepare_references(pending, model)
 
     job = ImageJob(
         model=model,
@@ -329,90 +318,3 @@ def _negative_prompt(value: Any, model: ModelSpec, settings: Settings) -> str | 
     if len(value) > settings.max_prompt_chars:
         raise invalid("negative_prompt is too long", param="negative_prompt")
     return value
-
-
-# --- reference images -----------------------------------------------------------------------------
-
-
-def _collect_images(raw: RawRequest, settings: Settings) -> list[_PendingImage]:
-    """Reference images in order: input_image_0..N first (seed style), then image/image[]."""
-    numbered: list[tuple[int, _PendingImage]] = []
-    named: list[_PendingImage] = []
-    for upload in raw.files:
-        pending = _pending_file(upload, settings)
-        if match := _INPUT_IMAGE.match(upload.field):
-            numbered.append((int(match.group(1)), pending))
-        elif upload.field in _IMAGE_FIELDS:
-            named.append(pending)
-        elif upload.field != "mask":
-            raise invalid(f"unexpected file field {upload.field[:50]!r}", param=upload.field[:50])
-    for name in _IMAGE_FIELDS:
-        value = raw.fields.get(name)
-        if value is None or value == "":
-            continue
-        items = value if isinstance(value, list) else [value]
-        param = name.removesuffix("[]")
-        named.extend(_pending_data_url(item, param, settings) for item in items)
-    numbered.sort(key=lambda pair: pair[0])
-    return [pending for _, pending in numbered] + named
-
-
-def _pending_file(upload: UploadedFile, settings: Settings) -> _PendingImage:
-    param = upload.field.removesuffix("[]")
-    if len(upload.data) > settings.max_image_bytes:
-        raise too_large(
-            f"{param}: image is {len(upload.data)} bytes; the limit is {settings.max_image_bytes}",
-            param=param,
-        )
-    if not upload.data:
-        raise invalid(f"{param}: the file is empty", param=param)
-    return _PendingImage(param, upload.data)
-
-
-def _pending_data_url(item: Any, param: str, settings: Settings) -> _PendingImage:
-    if isinstance(item, dict):  # OpenAI's JSON edits: {"image_url": "data:..."}
-        item = item.get("image_url", item.get("url"))
-        if isinstance(item, dict):
-            item = item.get("url")
-    if not isinstance(item, str):
-        raise invalid(f"{param}: each image must be a data: URL string", param=param)
-    head, sep, payload = item.partition(",")
-    if not head[:5].lower() == "data:":
-        raise invalid(
-            f"{param}: only data: URLs are accepted (the proxy never fetches URLs)",
-            param=param,
-            code="unsupported_url",
-        )
-    if not sep or not head.lower().endswith(";base64"):
-        raise invalid(f"{param}: data: URLs must be base64 (data:image/png;base64,...)", param)
-    if len(payload) * 3 // 4 > settings.max_image_bytes + 3:
-        raise too_large(f"{param}: image is over {settings.max_image_bytes} bytes", param=param)
-    try:
-        data = base64.b64decode("".join(payload.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid(f"{param}: the data: URL is not valid base64", param=param) from None
-    if len(data) > settings.max_image_bytes:
-        raise too_large(f"{param}: image is over {settings.max_image_bytes} bytes", param=param)
-    if not data:
-        raise invalid(f"{param}: the image is empty", param=param)
-    return _PendingImage(param, data)
-
-
-async def _prepare_references(
-    pending: list[_PendingImage], model: ModelSpec
-) -> tuple[ReferenceImage, ...]:
-    if not pending:
-        return ()
-    results = await asyncio.gather(
-        *(
-            asyncio.to_thread(
-                prepare_reference, p.data, param=p.param, max_side=model.max_reference_side
-            )
-            for p in pending
-        ),
-        return_exceptions=True,
-    )
-    for result in results:
-        if isinstance(result, BaseException):  # the first bad image, in the caller's order
-            raise result
-    return tuple(results)  # type: ignore[arg-type]
