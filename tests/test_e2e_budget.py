@@ -54,6 +54,8 @@ def test_account_whose_budget_cannot_cover_the_image_is_skipped_without_a_call(f
     assert account_1["neurons_used_today"] == 0
     assert account_1["neurons_remaining_today"] == 3000
     assert account_2["neurons_used_today"] == FLUX2_1024_NEURONS
+    skipped = 'flux_proxy_accounts_skipped_total{account="1",reason="budget"} 1.0'
+    assert skipped in proxy.metrics()
 
     # The skip is per estimate: an image that fits still goes to account 1 first.
     small = proxy.generate(model="flux-2-dev", size="512x512", steps=25)
