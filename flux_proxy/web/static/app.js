@@ -4,6 +4,7 @@
 import { ApiFailure, apiKey, describeFailure, generateImages, getHealth, listModels } from "./api.js";
 import { Controls } from "./controls.js";
 import { HistoryStore, HistoryView } from "./history.js";
+import { KeyDialog } from "./key-dialog.js";
 import { PromptEditor } from "./prompt.js";
 import { ReferenceTray } from "./references.js";
 import { ResultView } from "./results.js";
@@ -84,14 +85,14 @@ async function loadModels() {
     controls.setModels(models, state.defaultModel);
     state.modelsLoaded = true;
     state.modelsProblem = null;
-    setKeyState(apiKey.get() ? "ok" : "none-needed");
+    keyDialog.setState(apiKey.get() ? "ok" : "none-needed");
     syncControls();
   } catch (error) {
     state.modelsLoaded = false;
     if (error instanceof ApiFailure && error.isAuth) {
       state.modelsProblem = "Enter the API key to start.";
-      setKeyState(apiKey.get() ? "refused" : "missing");
-      openKeyDialog(apiKey.get() ? describeFailure(error) : null);
+      keyDialog.setState(apiKey.get() ? "refused" : "missing");
+      keyDialog.open(apiKey.get() ? describeFailure(error) : null);
     } else {
       state.modelsProblem = "Models could not be loaded.";
       showMessage(describeFailure(error), "error", { label: "Retry", run: loadModels });
@@ -100,58 +101,11 @@ async function loadModels() {
   updateGenerateButton();
 }
 
-function setKeyState(kind) {
-  const button = $("#key-button");
-  button.dataset.state = kind;
-  $("#key-label").textContent = {
-    ok: "Key set",
-    "none-needed": "No key needed",
-    missing: "Enter API key",
-    refused: "Key refused",
-  }[kind];
-  button.setAttribute("aria-label", `API key: ${$("#key-label").textContent}. Change it.`);
-}
-
-const keyDialog = $("#key-dialog");
-
-function openKeyDialog(errorText) {
-  const error = $("#key-error");
-  error.textContent = errorText || "";
-  error.hidden = !errorText;
-  $("#key-input").value = apiKey.get();
-  if (!keyDialog.open) keyDialog.showModal();
-  $("#key-input").focus();
-  $("#key-input").select();
-}
-
-$("#key-button").addEventListener("click", () => openKeyDialog(null));
-$("#key-cancel").addEventListener("click", () => keyDialog.close());
-$("#key-show").addEventListener("click", (event) => {
-  const input = $("#key-input");
-  const show = input.type === "password";
-  input.type = show ? "text" : "password";
-  event.currentTarget.textContent = show ? "Hide" : "Show";
-  event.currentTarget.setAttribute("aria-pressed", String(show));
-});
-$("#key-forget").addEventListener("click", () => {
-  apiKey.clear();
-  $("#key-input").value = "";
-  setKeyState("missing");
-  toast("Key removed from this browser");
-  $("#key-input").focus();
-});
-$("#key-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  const value = $("#key-input").value.trim();
-  if (!value) {
-    $("#key-error").textContent = "Enter a key, or Cancel.";
-    $("#key-error").hidden = false;
-    return;
-  }
-  apiKey.set(value);
-  keyDialog.close();
-  clearMessage();
-  loadModels();
+const keyDialog = new KeyDialog({
+  onSaved: () => {
+    clearMessage();
+    loadModels();
+  },
 });
 
 // --- the form -------------------------------------------------------------------------------
@@ -181,7 +135,7 @@ $("#generate-form").addEventListener("submit", (event) => {
 });
 
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !keyDialog.open) {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !keyDialog.isOpen) {
     event.preventDefault();
     generate();
   }
@@ -256,9 +210,9 @@ async function generate() {
     if (error?.name === "AbortError") {
       showMessage("Cancelled. The proxy may still finish the image it had started.", "info");
     } else if (error instanceof ApiFailure && error.isAuth) {
-      setKeyState("refused");
-      showMessage(describeFailure(error), "error", { label: "Enter key", run: () => openKeyDialog(describeFailure(error)) });
-      openKeyDialog(describeFailure(error));
+      keyDialog.setState("refused");
+      showMessage(describeFailure(error), "error", { label: "Enter key", run: () => keyDialog.open(describeFailure(error)) });
+      keyDialog.open(describeFailure(error));
     } else {
       showMessage(describeFailure(error), "error");
     }
@@ -340,6 +294,7 @@ function startProgress(model, values, started) {
   const track = $(".progress-track");
   $("#progress-text").textContent = `Generating ${count > 1 ? `${count} images` : "an image"} with ${model.name}…`;
   $("#progress").hidden = false;
+  $(".stage").classList.add("is-busy");
   const tick = () => {
     const elapsed = (performance.now() - started) / 1000;
     // Linear up to the typical time, then creeping towards (never reaching) the end.
@@ -357,6 +312,7 @@ function stopProgress() {
   clearInterval(state.timer);
   state.timer = null;
   $("#progress").hidden = true;
+  $(".stage").classList.remove("is-busy");
 }
 
 // --- messages -------------------------------------------------------------------------------
@@ -418,7 +374,7 @@ function reuseSettings(record) {
 // --- start ----------------------------------------------------------------------------------
 
 async function start() {
-  setKeyState(apiKey.get() ? "ok" : "missing");
+  keyDialog.setState(apiKey.get() ? "ok" : "missing");
   await refreshHealth();
   setInterval(() => document.visibilityState === "visible" && !state.busy && refreshHealth(), HEALTH_EVERY_MS);
   document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && refreshHealth());

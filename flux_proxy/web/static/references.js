@@ -69,6 +69,10 @@ export class ReferenceTray {
     document.addEventListener("paste", (event) => {
       const files = [...(event.clipboardData?.files || [])].filter((f) => f.type.startsWith("image/"));
       if (!files.length) return;
+      // Office apps put a picture of the copied text beside the text: typing into a field
+      // wants the text, not a surprise reference image.
+      const typing = event.target instanceof HTMLTextAreaElement || event.target instanceof HTMLInputElement;
+      if (typing && event.clipboardData.types.includes("text/plain")) return;
       event.preventDefault();
       this.add(files);
     });
