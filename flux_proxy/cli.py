@@ -89,6 +89,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=False,  # the app logs one structured line per request
         proxy_headers=False,  # forwarded headers are judged by TRUSTED_PROXIES, not uvicorn
         server_header=False,
+        log_config=None,  # uvicorn's own lines go through configure_logging (JSON or text)
     )
     return 0
 
@@ -108,6 +109,15 @@ def emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- check -----------------------------------------------------------------------------------
+
+
+def check(args: argparse.Namespace) -> int:
+    from flux_proxy.check import main as run_check
+
+    return run_check(load_settings())
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -115,6 +125,11 @@ Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpar
 COMMANDS: dict[str, Command] = {
     "serve": ("run the proxy", _serve_arguments, serve),
     "emulator": ("run the Workers AI emulator alone", _emulator_arguments, emulator),
+    "check": (
+        "verify every account's token (free) and show what the pool has learned",
+        lambda parser: None,
+        check,
+    ),
 }
 
 

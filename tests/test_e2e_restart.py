@@ -19,12 +19,6 @@ def fresh() -> Emulator:
     return shared_emulator()
 
 
-def _cli_has_check() -> bool:
-    from flux_proxy import cli
-
-    return "check" in getattr(cli, "COMMANDS", {})
-
-
 def test_parked_account_and_spend_survive_kill_9(tmp_path, fresh):
     data_dir = tmp_path / "data"
     env = {"STATE_BACKEND": "sqlite", "DATA_DIR": data_dir}
@@ -61,11 +55,6 @@ def test_parked_account_and_spend_survive_kill_9(tmp_path, fresh):
         again.proc.stop()
 
 
-@pytest.mark.xfail(
-    not _cli_has_check(),
-    strict=True,
-    reason="flux_proxy/cli.py does not register the `check` command yet",
-)
 def test_check_reports_a_bad_token_and_what_a_killed_proxy_learned(tmp_path, fresh):
     data_dir = tmp_path / "data"
     fresh.fault(account=account_id(1), status=429, code=3036, count=1)

@@ -192,11 +192,6 @@ def test_redis_outage_keeps_serving_from_local_state_and_recovers(tmp_path, fres
 
 
 @pytest.mark.skipif(not redis_server_available(), reason="redis-server is not installed")
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/routes.py health_ready reports not_ready whenever the store is not ok, so an "
-    "orchestrator drops every replica during a Redis outage although they still serve",
-)
 def test_ready_stays_ready_while_serving_from_local_state(tmp_path, fresh):
     server = start_redis(tmp_path / "redis")
     proxy = start_proxy(

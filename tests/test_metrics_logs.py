@@ -216,11 +216,6 @@ def test_metrics_show_account_states_skips_and_in_flight_requests(observed):
     assert value(m, "flux_proxy_in_flight_requests") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/routes.py metrics() renders without refreshing account states, so a restarted "
-    "proxy shows no account_state until some request or /health reads the store",
-)
 def test_metrics_show_a_stored_park_before_any_traffic(make_proxy, emulator):
     clock = FrozenClock(time.time())
     store = MemoryStore(clock)
@@ -302,11 +297,6 @@ def test_prompts_are_logged_only_when_enabled(observed):
     assert API_KEY not in observed.chatty_output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py serve starts uvicorn with its default log_config, whose plain-text lines "
-    "('INFO:     Started server process') break LOG_FORMAT=json",
-)
 def test_every_output_line_is_json_when_log_format_is_json(observed):
     lines = [line for line in observed.output.splitlines() if line.strip()]
     assert lines and all(line.startswith("{") for line in lines), lines[:3]

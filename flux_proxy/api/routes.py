@@ -232,7 +232,7 @@ async def health_ready(request: Request) -> Response:
     accounts = await svc.pool.snapshot()
     store = await svc.store.status()
     status, reason = _availability(accounts)
-    if status == "ok" and not store.get("ok"):
+    if status == "ok" and not store.get("ok") and not store.get("serving"):
         status, reason = "degraded", f"state store not ok: {store.get('detail')}"
     ready = status == "ok"
     return json_response(
@@ -241,6 +241,9 @@ async def health_ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    # Reading the pool refreshes the account-state gauges from the (possibly shared) store,
+    # so a freshly restarted replica shows what it inherited before its first request.
+    await services(request).pool.snapshot()
     return Response(
         services(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
     )

@@ -269,5 +269,6 @@ class ResilientStore:
     async def status(self) -> dict:
         ok, _ = await self._on_primary(self.primary.ping)
         if not ok:
-            return {"backend": self.name, "ok": False, "detail": DEGRADED_DETAIL}
+            # Still serving: readiness must not take every replica out during an outage.
+            return {"backend": self.name, "ok": False, "serving": True, "detail": DEGRADED_DETAIL}
         return {"backend": self.name, "ok": True, "detail": self.primary.detail}
