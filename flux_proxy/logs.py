@@ -25,8 +25,9 @@ class _Formatter(logging.Formatter):
         fields = dict(getattr(record, "fields", {}) or {})
         event = getattr(record, "event", None)
         if event is None:
-            # A plain logging call (uvicorn, a library): name the logger, keep its text apart.
-            event = record.name
+            # A plain logging call (uvicorn, a library): name its source, keep its text apart.
+            # uvicorn logs everything, errors or not, through "uvicorn.error": call it "server".
+            event = "server" if record.name.startswith("uvicorn") else record.name
             fields["message"] = record.getMessage()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         stamp += f".{int(record.msecs):03d}Z"

@@ -320,7 +320,7 @@ def test_configure_logging_writes_server_lines_as_json_too(capsys):
             lg.handlers[:], lg.propagate = handlers, propagate
             lg.setLevel(level)
     server, attempt = (json.loads(line) for line in capsys.readouterr().err.splitlines())
-    assert server["event"] == "uvicorn.error"
+    assert server["event"] == "server"
     assert server["message"] == "Started server process [42]"
     assert attempt["event"] == "upstream_attempt" and attempt["account"] == 2
     assert "token" not in attempt and "api_key" not in attempt
