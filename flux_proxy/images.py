@@ -94,3 +94,44 @@ def prepare_reference(data: bytes, *, param: str, max_side: int) -> ReferenceIma
     info = inspect_image(data, param=param)
     scaled, width, height = fit_below(data, info, max_side)
     return ReferenceImage(data=scaled, mime=info.mime, width=width, height=height)
+
+
+# --- output conversion (`output_format`, `output_compression`) ---------------------------------
+
+OUTPUT_MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# Without `output_compression`, lossy output is saved at this quality: close to the original,
+# a fraction of the size of quality 100.
+DEFAULT_LOSSY_QUALITY = 92
+
+
+@dataclass(frozen=True)
+class ConvertedImage:
+    data: bytes
+    mime: str
+    width: int
+    height: int
+
+
+def convert_output(data: bytes, output_format: str, compression: int | None) -> ConvertedImage:
+    """Re-encode a generated image as `output_format` (png | jpeg | webp).
+
+    `compression` is OpenAI's `output_compression` (0-100, higher keeps more detail), used as
+    the JPEG/WebP quality. JPEG has no alpha, so a transparent image is laid on white first.
+    """
+    pil_format = output_format.upper()
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        if pil_format == "JPEG" and img.mode not in ("RGB", "L"):
+            rgba = img.convert("RGBA")
+            img = Image.new("RGB", rgba.size, (255, 255, 255))
+            img.paste(rgba, mask=rgba.getchannel("A"))
+        elif img.mode not in ("RGB", "RGBA", "L", "LA"):
+            img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+        if pil_format == "PNG":
+            options: dict = {"compress_level": 6}
+        else:
+            quality = DEFAULT_LOSSY_QUALITY if compression is None else compression
+            options = {"quality": quality}
+        out = io.BytesIO()
+        img.save(out, format=pil_format, **options)
+        return ConvertedImage(out.getvalue(), OUTPUT_MIMES[output_format], img.width, img.height)

@@ -164,15 +164,21 @@ class Settings(BaseSettings):
     max_image_bytes: int = 10 * 1024 * 1024  # one reference image
     max_body_bytes: int = 50 * 1024 * 1024  # a whole request
     image_ttl_seconds: int = 3600  # URL responses, like OpenAI's
+    stream_keepalive_seconds: float = Field(default=10.0, gt=0)  # SSE comments while waiting
     public_base_url: str | None = None
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A client must deliver its whole body within this many seconds (408 after), so a slow
+    # trickle cannot hold a connection and its buffers for ever.
+    body_read_timeout: float = Field(default=60.0, gt=0)
 
     # --- operations ---------------------------------------------------------------------
     log_format: Literal["json", "text"] = "text"
     log_level: str = "INFO"
     log_prompts: bool = False
     emulator: bool = Field(default=False, description="Set by `serve --emulator`.")
+    # On SIGTERM: stop accepting, let in-flight requests finish for up to this long, then stop.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
     @classmethod
     def settings_customise_sources(

@@ -164,8 +164,16 @@ BAD_JSON = [
     ({"prompt": "a", "model": "flux-1-schnell", "size": "512x512"}, "size"),
     ({"prompt": "a", "model": "flux-1-schnell", "width": 512}, "width"),
     ({"prompt": "a", "response_format": "jpg"}, "response_format"),
-    ({"prompt": "a", "stream": True}, "stream"),
     ({"prompt": "a", "stream": "maybe"}, "stream"),
+    ({"prompt": "a", "stream": True, "n": 0}, "n"),  # invalid streams are plain 400s
+    ({"prompt": "a", "partial_images": 4}, "partial_images"),
+    ({"prompt": "a", "output_format": "gif"}, "output_format"),
+    ({"prompt": "a", "output_format": 5}, "output_format"),
+    ({"prompt": "a", "output_compression": 101}, "output_compression"),
+    ({"prompt": "a", "output_compression": "high"}, "output_compression"),
+    ({"prompt": "a", "output_format": "png", "output_compression": 50}, "output_compression"),
+    ({"prompt": "a", "background": "transparent"}, "background"),
+    ({"prompt": "a", "quality": "ultra"}, "quality"),
     ({"prompt": "a", "mask": "anything"}, "mask"),
     ({"prompt": "a", "images": ["https://example.com/cat.png"]}, "images"),
     ({"prompt": "a", "images": ["data:image/png;base64,!!!notbase64"]}, "images"),
@@ -197,9 +205,12 @@ async def test_unknown_model_lists_the_served_models(api):
     assert "flux-2-dev" in error["message"] and "flux-2-klein-4b" in error["message"]
 
 
-async def test_stream_true_is_refused_so_no_sdk_waits_for_events(api):
-    error = error_of(await api.generate({"prompt": "a", "stream": True}))
-    assert error["code"] == "unsupported_parameter"
+async def test_stream_true_is_answered_with_events_never_plain_json(api):
+    response = await api.generate({"prompt": "a", "stream": True})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert "event: image_generation.completed" in response.text
+    assert response.text.rstrip().endswith("data: [DONE]")
 
 
 async def test_malformed_json_is_400_invalid_json(api):
@@ -290,7 +301,8 @@ BAD_FORMS = [
     ("generate", {"prompt": "a", "steps": "many"}, [], "steps"),
     ("generate", {"prompt": "a", "width": "1024.5"}, [], "width"),
     ("generate", {"prompt": "a", "seed": "-4"}, [], "seed"),
-    ("generate", {"prompt": "a", "stream": "true"}, [], "stream"),
+    ("generate", {"prompt": "a", "stream": "sometimes"}, [], "stream"),
+    ("edit", {"prompt": "a", "stream": "true", "n": "11"}, [("image", PNG_8)], "n"),
     ("generate", {"prompt": "a"}, [(f"input_image_{i}", PNG_8) for i in range(5)], "input_image_4"),
     ("generate", {"prompt": "a"}, [("photo", PNG_8)], "photo"),
     ("generate", {"prompt": "a"}, [("input_image_0", picture(8, 8, "GIF"))], "input_image_0"),
@@ -440,7 +452,7 @@ async def test_default_response_has_both_b64_json_and_a_working_url(api):
     assert body["object"] == "image.generation" and body["id"].startswith("img_")
     assert body["created"] == 1_800_000_000
     assert body["account_used"] == 1 and body["output_format"] == "png"
-    assert body["usage"] == {"neurons": 1.5}
+    assert body["usage"]["neurons"] == 1.5 and body["usage"]["total_tokens"] == 0
 
 
 async def test_response_format_picks_one_form(api):

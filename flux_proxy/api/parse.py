@@ -4,10 +4,12 @@ Every rule is checked here, before any upstream call, and each violation is a 40
 sizes) naming the offending `param`. What a model accepts comes from its `ModelSpec`, never
 from `if model == ...`.
 
-Accepted and ignored (documented): `quality`, `style`, `user`, `background`, `moderation`,
-`output_compression`, `output_format` and `partial_images` (the last three until the
-output-conversion and streaming work lands). `stream=true` is refused with 400
-`unsupported_parameter`, so no SDK waits for events that never come.
+Honoured: `output_format` (png, jpeg, webp) and `output_compression` (0-100, for jpeg and
+webp; see `api/output.py`), `stream` (see `api/stream.py`). Accepted and ignored
+(documented): `quality`, `style`, `user`, `moderation`, and `partial_images` (0-3; FLUX.2 and
+the other Workers AI models make no partial images, so a stream carries only the completed
+events). `background` may be `auto` or `opaque`; `transparent` is refused, since no served model
+can make a transparent image.
 """
 
 from __future__ import annotations
@@ -21,14 +23,19 @@ from typing import Any, Literal
 import orjson
 
 from flux_proxy.api.body import RawRequest
+from flux_proxy.api.model_lookup import lookup_model
 from flux_proxy.api.references import collect_images, prepare_references
 from flux_proxy.errors import invalid
 from flux_proxy.job import ImageJob
-from flux_proxy.models import MODELS, ModelSpec, find_model
+from flux_proxy.models import MODELS, ModelSpec
 from flux_proxy.settings import Settings
 
 ResponseFormat = Literal["b64_json", "url"]
+OutputFormat = Literal["png", "jpeg", "webp"]
 MAX_N = 10
+MAX_PARTIAL_IMAGES = 3  # OpenAI's range is 0-3
+_OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+_QUALITIES = ("auto", "low", "medium", "high", "standard", "hd")
 MAX_SEED = 2**63 - 1
 _RANDOM_SEED_BOUND = 2**31  # random seeds stay small enough for every client to print
 _SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*$")
@@ -45,6 +52,11 @@ class ImageRequest:
     response_format: ResponseFormat | None  # None: both b64_json and url
     prompt_text: str  # what was sent upstream, for `revised_prompt`
     stream: bool = False
+    partial_images: int = 0  # accepted; no served model makes partial images
+    output_format: OutputFormat | None = None  # None: whatever the model answered, untouched
+    output_compression: int | None = None  # 0-100, jpeg and webp only
+    quality: str = "auto"  # echoed; no served model has a quality knob
+    background: str = "auto"  # auto | opaque
 
     def jobs(self) -> list[ImageJob]:
         return [replace(self.job, seed=seed) for seed in self.seeds]
@@ -57,12 +69,12 @@ async def build_image_request(raw: RawRequest, settings: Settings, *, edit: bool
     prompt_text = _prompt(fields.get("prompt"), model, settings)
     n = _n(fields.get("n"))
     response_format = _response_format(fields.get("response_format"))
-    if _bool(fields.get("stream"), "stream"):
-        raise invalid(
-            "stream=true is not supported yet; ask without stream",
-            param="stream",
-            code="unsupported_parameter",
-        )
+    stream = _bool(fields.get("stream"), "stream")
+    partial_images = _partial_images(fields.get("partial_images"))
+    output_format = _output_format(fields.get("output_format"))
+    output_compression = _output_compression(fields.get("output_compression"), output_format)
+    quality = _quality(fields.get("quality"))
+    background = _background(fields.get("background"))
     if "mask" in fields or any(f.field == "mask" for f in raw.files):
         raise invalid(
             f"{model.short_name} does not take a mask; describe the edit in the prompt and pass "
@@ -109,6 +121,12 @@ async def build_image_request(raw: RawRequest, settings: Settings, *, edit: bool
         seeds=_seeds(seed, n, model),
         response_format=response_format,
         prompt_text=prompt_text,
+        stream=stream,
+        partial_images=partial_images,
+        output_format=output_format,
+        output_compression=output_compression,
+        quality=quality,
+        background=background,
     )
 
 
@@ -120,7 +138,7 @@ def _model(value: Any, settings: Settings) -> ModelSpec:
         value = settings.default_model
     if not isinstance(value, str):
         raise invalid("model must be a string", param="model")
-    spec = find_model(value, settings.model_aliases)
+    spec = lookup_model(value, settings)
     if spec is None:
         served = ", ".join(m.short_name for m in MODELS)
         raise invalid(
@@ -209,6 +227,62 @@ def _response_format(value: Any) -> ResponseFormat | None:
     if value in ("b64_json", "url"):
         return value
     raise invalid("response_format must be 'b64_json' or 'url'", param="response_format")
+
+
+def _partial_images(value: Any) -> int:
+    if value is None or value == "":
+        return 0
+    count = _int(value, "partial_images")
+    if not 0 <= count <= MAX_PARTIAL_IMAGES:
+        raise invalid(
+            f"partial_images must be between 0 and {MAX_PARTIAL_IMAGES}", param="partial_images"
+        )
+    return count
+
+
+def _output_format(value: Any) -> OutputFormat | None:
+    if value is None or value == "":
+        return None
+    name = _OUTPUT_FORMATS.get(value.strip().lower()) if isinstance(value, str) else None
+    if name is None:
+        raise invalid("output_format must be 'png', 'jpeg' or 'webp'", param="output_format")
+    return name  # type: ignore[return-value]
+
+
+def _output_compression(value: Any, output_format: OutputFormat | None) -> int | None:
+    if value is None or value == "":
+        return None
+    compression = _int(value, "output_compression")
+    if not 0 <= compression <= 100:
+        raise invalid("output_compression must be between 0 and 100", param="output_compression")
+    if output_format == "png":
+        raise invalid(
+            "output_compression applies to jpeg and webp only; PNG is lossless",
+            param="output_compression",
+        )
+    return compression
+
+
+def _quality(value: Any) -> str:
+    if value is None or value == "":
+        return "auto"
+    if not isinstance(value, str) or value.strip().lower() not in _QUALITIES:
+        raise invalid(f"quality must be one of {', '.join(_QUALITIES)}", param="quality")
+    return value.strip().lower()
+
+
+def _background(value: Any) -> str:
+    if value is None or value == "":
+        return "auto"
+    if value in ("auto", "opaque"):
+        return value
+    if value == "transparent":
+        raise invalid(
+            "no served model can make a transparent background; use 'auto' or 'opaque'",
+            param="background",
+            code="unsupported_parameter",
+        )
+    raise invalid("background must be 'auto' or 'opaque'", param="background")
 
 
 # --- size, steps, seed, guidance ----------------------------------------------------------------

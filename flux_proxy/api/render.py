@@ -17,10 +17,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from flux_proxy.api.output import OutputImage
 from flux_proxy.api.parse import ImageRequest
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
-from flux_proxy.job import GeneratedImage
 from flux_proxy.settings import Settings
 
 FILES_PATH = "/v1/images/files/"
@@ -30,7 +30,7 @@ FILES_PATH = "/v1/images/files/"
 class Outcome:
     """What `n` generations produced: images by index, and the failures by index."""
 
-    images: list[tuple[int, GeneratedImage]]
+    images: list[tuple[int, OutputImage]]
     errors: list[tuple[int, ApiError]]
 
 
@@ -83,8 +83,26 @@ def _is_trusted(request: Request, trusted: list[str]) -> bool:
     return False
 
 
+def usage(neurons: list[float]) -> dict:
+    """OpenAI's usage shape (no tokens are counted here, so those are 0) plus the neurons the
+    upstream billed (`cf-ai-neurons`), which is what a Workers AI image really costs."""
+    return {
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "total_tokens": 0,
+        "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+        "neurons": round(sum(neurons), 2),
+    }
+
+
+async def store_image(output: OutputImage, image_store: ImageStore, base_url: str) -> str:
+    image = output.image
+    name = await image_store.put(image.data, image.mime, image.extension)
+    return f"{base_url}{FILES_PATH}{name}"
+
+
 async def image_entry(
-    image: GeneratedImage,
+    output: OutputImage,
     request: ImageRequest,
     *,
     image_store: ImageStore,
@@ -94,10 +112,9 @@ async def image_entry(
     users read `b64_json`, LangChain reads only `url`."""
     entry: dict = {}
     if request.response_format in (None, "b64_json"):
-        entry["b64_json"] = image.b64  # the upstream's base64, untouched
+        entry["b64_json"] = output.image.b64  # the upstream's base64, untouched unless converted
     if request.response_format in (None, "url"):
-        name = await image_store.put(image.data, image.mime, image.extension)
-        entry["url"] = f"{base_url}{FILES_PATH}{name}"
+        entry["url"] = await store_image(output, image_store, base_url)
     entry["revised_prompt"] = request.prompt_text
     entry["prompt"] = request.prompt_text  # the seed's field
     return entry
@@ -113,29 +130,61 @@ async def images_body(
 ) -> dict:
     job = request.job
     data = [
-        await image_entry(image, request, image_store=image_store, base_url=base_url)
-        for _, image in outcome.images
+        await image_entry(output, request, image_store=image_store, base_url=base_url)
+        for _, output in outcome.images
     ]
-    seeds = [request.seeds[index] for index, _ in outcome.images]
+    seeds = [output.seed for _, output in outcome.images]
     first = outcome.images[0][1]
-    width = job.width or job.model.default_width
-    height = job.height or job.model.default_height
-    neurons = [image.neurons for _, image in outcome.images if image.neurons is not None]
+    neurons = [o.image.neurons for _, o in outcome.images if o.image.neurons is not None]
     body: dict = {
         "created": created,
         "id": f"img_{uuid.uuid4().hex}",
         "object": "image.generation",
         "model": job.model.id,
         "data": data,
-        "account_used": first.account,
-        "accounts_used": [image.account for _, image in outcome.images],
+        "account_used": first.image.account,
+        "accounts_used": [output.image.account for _, output in outcome.images],
         "seed": seeds[0],
         "seeds": seeds,
-        "size": f"{width}x{height}" if width and height else None,
-        "output_format": first.extension,
-        "usage": {"neurons": round(sum(neurons), 2)},
+        "size": first.size,
+        "output_format": first.output_format,
+        "quality": request.quality,
+        "background": "opaque",  # what every served model makes, whatever was asked
+        "usage": usage(neurons),
     }
     if outcome.errors:
         # Partial failure: the images that were made, plus which of the n failed and why.
         body["errors"] = [{"index": index, **error.body()} for index, error in outcome.errors]
     return body
+
+
+def stream_event(
+    output: OutputImage,
+    request: ImageRequest,
+    *,
+    edit: bool,
+    created_at: int,
+    index: int,
+    url: str | None = None,
+) -> dict:
+    """One `image_generation.completed` / `image_edit.completed` event, as OpenAI streams it,
+    plus the proxy's own fields (`index`, `seed`, `model`, `account_used`)."""
+    neurons = [output.image.neurons] if output.image.neurons is not None else []
+    event: dict = {
+        "type": "image_edit.completed" if edit else "image_generation.completed",
+        "b64_json": output.image.b64,
+        "created_at": created_at,
+        "size": output.size or "auto",
+        "output_format": output.output_format,
+        "quality": request.quality,
+        "background": "opaque",
+        "usage": usage(neurons),
+        "index": index,
+        "seed": output.seed,
+        "model": request.job.model.id,
+        "account_used": output.image.account,
+        "revised_prompt": request.prompt_text,
+    }
+    if url is not None:
+        event["url"] = url
+    return event

@@ -6,8 +6,6 @@ lifespan puts on `app.state.services`.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +17,12 @@ from starlette.staticfiles import StaticFiles
 
 from flux_proxy import __version__
 from flux_proxy.api.body import read_request
+from flux_proxy.api.generate import generate_all
 from flux_proxy.api.middleware import note
-from flux_proxy.api.parse import ImageRequest, build_image_request
-from flux_proxy.api.render import (
-    FILES_PATH,
-    Outcome,
-    base_url_for,
-    images_body,
-    json_response,
-)
+from flux_proxy.api.model_lookup import lookup_model
+from flux_proxy.api.parse import build_image_request
+from flux_proxy.api.render import FILES_PATH, base_url_for, images_body, json_response
+from flux_proxy.api.stream import image_events, stream_response
 from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
@@ -82,8 +77,21 @@ async def _images(request: Request, *, edit: bool) -> Response:
     if settings.log_prompts:
         log_event("prompt", request_id=request_id, prompt=image_request.prompt_text)
 
+    if image_request.stream:
+        # From here on the answer is a 200 event stream; failures become error events.
+        note(request.scope, stream=True)
+        events = image_events(
+            svc,
+            image_request,
+            edit=edit,
+            request_id=request_id,
+            base_url=base_url_for(request, settings),
+            scope=request.scope,
+        )
+        return stream_response(events)
+
     outcome = await generate_all(svc.pool, image_request, request_id)
-    note(request.scope, account=outcome.images[0][1].account)
+    note(request.scope, account=outcome.images[0][1].image.account)
     body = await images_body(
         outcome,
         image_request,
@@ -95,38 +103,6 @@ async def _images(request: Request, *, edit: bool) -> Response:
         image_request.job.model.short_name, image_request.response_format or "both"
     ).inc(len(outcome.images))
     return json_response(body)
-
-
-async def generate_all(pool: Any, image_request: ImageRequest, request_id: str) -> Outcome:
-    """Make the `n` images concurrently, each with its own seed.
-
-    Partial failure returns what was made plus the failures; if every image failed, the
-    first failure is raised (with its status and headers, e.g. Retry-After).
-    """
-    results = await asyncio.gather(
-        *(pool.generate(job, request_id=request_id) for job in image_request.jobs()),
-        return_exceptions=True,
-    )
-    images, errors = [], []
-    for index, result in enumerate(results):
-        if isinstance(result, ApiError):
-            errors.append((index, result))
-        elif isinstance(result, BaseException):
-            if not isinstance(result, Exception):
-                raise result  # cancellation and friends are not ours to swallow
-            log_event(
-                "generate_failed",
-                logging.ERROR,
-                request_id=request_id,
-                index=index,
-                error=type(result).__name__,
-            )
-            errors.append((index, ApiError(500, "internal error", code="internal_error")))
-        else:
-            images.append((index, result))
-    if not images:
-        raise errors[0][1]
-    return Outcome(images, errors)
 
 
 async def image_file(request: Request) -> Response:
@@ -181,7 +157,7 @@ async def list_models(request: Request) -> Response:
 
 async def get_model(request: Request) -> Response:
     settings = services(request).settings
-    spec = find_model(request.path_params["model"], settings.model_aliases)
+    spec = lookup_model(request.path_params["model"], settings)
     if spec is None:
         raise ApiError(404, "no such model", param="model", code="model_not_found")
     return json_response(model_entry(spec))

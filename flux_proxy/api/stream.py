@@ -1,0 +1,136 @@
+"""`stream: true`: the answer as Server-Sent Events, the way OpenAI streams images.
+
+What a streaming caller gets (status 200, `text/event-stream`):
+
+- `: keep-alive` comments at once and then every `STREAM_KEEPALIVE_SECONDS` while images are
+  being made, so the headers arrive immediately and idle-timeout proxies keep the line open;
+- per image, as each is finished: `event: image_generation.completed` (`image_edit.completed`
+  for edits) with `data: {"type", "b64_json", "created_at", "size", "output_format",
+  "quality", "background", "usage", ...}`, plus the proxy's `index`, `seed`, `model`,
+  `account_used` (and `url` when `response_format` was `url`). No partial images: no served
+  model makes any, so `partial_images` is accepted and yields nothing;
+- when an image failed (upstream refusal, every account parked, ...): one
+  `event: error` / `data: {"type": "error", "error": {...}}` after the images that were made,
+  which the openai SDK raises as `APIError`; with `n > 1` it also lists every failure;
+- last, `data: [DONE]`.
+
+A request that is invalid before anything is made gets the ordinary JSON 4xx instead: the SDK
+checks the status before it reads a stream and raises the matching error (`BadRequestError`).
+If the caller hangs up, the images still being made are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+from starlette.responses import StreamingResponse
+from starlette.types import Scope
+
+from flux_proxy.api.generate import failure_of, make_image
+from flux_proxy.api.middleware import note
+from flux_proxy.api.output import OutputImage
+from flux_proxy.api.parse import ImageRequest
+from flux_proxy.api.render import store_image, stream_event
+from flux_proxy.errors import ApiError
+
+KEEPALIVE = b": keep-alive\n\n"
+DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",  # nginx: pass events on as they come
+}
+
+
+def sse(event: str, data: dict) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def error_event(failures: list[tuple[int, ApiError]], n: int) -> dict:
+    index, first = failures[0]
+    event: dict = {"type": "error", "status": first.status, **first.body()}
+    if n > 1:
+        event["error"]["message"] = f"image {index} of {n} failed: {first.message}"
+        event["errors"] = [{"index": i, "status": e.status, **e.body()} for i, e in failures]
+    return event
+
+
+def stream_response(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def image_events(
+    services,
+    image_request: ImageRequest,
+    *,
+    edit: bool,
+    request_id: str,
+    base_url: str,
+    scope: Scope,
+) -> AsyncIterator[bytes]:
+    """The SSE body. Never raises: every failure becomes an error event."""
+    yield KEEPALIVE
+    event_name = "image_edit.completed" if edit else "image_generation.completed"
+    jobs = image_request.jobs()
+    tasks: dict[asyncio.Task[OutputImage], int] = {}
+    for index, job in enumerate(jobs):
+        task = asyncio.create_task(make_image(services.pool, job, image_request, request_id))
+        # Retrieve every outcome, so an image failing after a hang-up is not logged as lost.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        tasks[task] = index
+    failures: list[tuple[int, ApiError]] = []
+    made = 0
+    try:
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(
+                pending,
+                timeout=services.settings.stream_keepalive_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not done:
+                yield KEEPALIVE
+                continue
+            for task in sorted(done, key=tasks.__getitem__):
+                index = tasks[task]
+                error = task.exception()
+                if error is not None:
+                    failures.append((index, failure_of(error, request_id=request_id, index=index)))
+                    continue
+                output = task.result()
+                url = None
+                if image_request.response_format == "url":
+                    url = await store_image(output, services.images, base_url)
+                if made == 0:
+                    note(scope, account=output.image.account)
+                made += 1
+                created_at = int(services.clock.now())
+                yield sse(
+                    event_name,
+                    stream_event(
+                        output,
+                        image_request,
+                        edit=edit,
+                        created_at=created_at,
+                        index=index,
+                        url=url,
+                    ),
+                )
+        if made:
+            services.metrics.images.labels(image_request.job.model.short_name, "stream").inc(made)
+        if failures:
+            failures.sort(key=lambda pair: pair[0])
+            note(scope, stream_error=failures[0][1].code or failures[0][1].status)
+            yield sse("error", error_event(failures, len(jobs)))
+        yield DONE
+    except (asyncio.CancelledError, GeneratorExit):
+        note(scope, client_gone=True)
+        raise
+    except Exception as exc:  # after the headers, a failure can only be an event
+        error = failure_of(exc, request_id=request_id, index=-1)
+        yield sse("error", error_event([(0, error)], 1))
+        yield DONE
+    finally:
+        for task in tasks:
+            task.cancel()
