@@ -9,6 +9,7 @@ sees `ImageJob`s, `Attempt`s and `GeneratedImage`s.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from typing import Protocol
@@ -47,7 +48,9 @@ def _outlasts(current: Block, new: Block) -> bool:
     return current.until is None or (new.until is not None and current.until >= new.until)
 
 
+@functools.lru_cache(maxsize=1024)
 def _fingerprint(value: str) -> str:
+    # Cached: every request asks for the keys of every account, and they never change.
     return hashlib.sha256(value.encode()).hexdigest()[:8]
 
 

@@ -8,13 +8,14 @@ raw image bytes), `cf-ai-neurons`, `Retry-After`. Upstream trouble never raises.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Any
 
 import aiohttp
 import orjson
 
-from flux_proxy.job import GeneratedImage, ImageJob
+from flux_proxy.job import GeneratedImage, ImageJob, ReferenceImage
 from flux_proxy.logs import log_event
 from flux_proxy.settings import AccountConfig
 from flux_proxy.upstream.classify import (
@@ -74,8 +75,7 @@ class WorkersAIClient:
         started = time.monotonic()
         body, content_type = build_body(job)
         headers = _auth(account)
-        if content_type:
-            headers["Content-Type"] = content_type
+        headers["Content-Type"] = content_type
         try:
             async with self.session.post(
                 self.run_url(account, job), data=body, headers=headers, timeout=self.timeout
@@ -140,24 +140,49 @@ def upstream_fields(job: ImageJob) -> dict[str, Any]:
     return fields
 
 
-def build_body(job: ImageJob) -> tuple[aiohttp.FormData | bytes, str | None]:
-    """The request body and its content type (None: the form sets its own boundary)."""
+def build_body(job: ImageJob) -> tuple[bytes, str]:
+    """The request body and its content type."""
     fields = upstream_fields(job)
     if job.model.body == "json":
         return orjson.dumps(fields), "application/json"
     # FLUX.2 wants multipart even for a prompt alone.
-    form = aiohttp.FormData(default_to_multipart=True)
+    files = [
+        (f"input_image_{index}", _EXTENSIONS.get(reference.mime, "bin"), reference)
+        for index, reference in enumerate(job.references[: job.model.max_references])
+    ]
+    return encode_multipart(fields, files)
+
+
+def encode_multipart(
+    fields: dict[str, Any], files: list[tuple[str, str, ReferenceImage]]
+) -> tuple[bytes, str]:
+    """A multipart/form-data body in one piece.
+
+    aiohttp's FormData writes a form part by part, one socket write for each boundary,
+    header block and value: some twenty small TCP segments for a prompt-only FLUX.2 call,
+    each a system call here and a wake-up upstream. Joined first, the body is one write.
+    The boundary is random per call, so no prompt can be written to contain it.
+    """
+    boundary = secrets.token_hex(16)
+    dash = f"--{boundary}\r\n".encode()
+    chunks: list[bytes] = []
     for name, value in fields.items():
-        form.add_field(name, str(value))
-    for index, reference in enumerate(job.references[: job.model.max_references]):
-        extension = _EXTENSIONS.get(reference.mime, "bin")
-        form.add_field(
-            f"input_image_{index}",
+        chunks += [
+            dash,
+            f'Content-Disposition: form-data; name="{name}"\r\n\r\n'.encode(),
+            str(value).encode("utf-8"),
+            b"\r\n",
+        ]
+    for name, extension, reference in files:
+        chunks += [
+            dash,
+            f'Content-Disposition: form-data; name="{name}"; filename="{name}.{extension}"\r\n'
+            f"Content-Type: {reference.mime}\r\n\r\n".encode(),
             reference.data,
-            filename=f"input_image_{index}.{extension}",
-            content_type=reference.mime,
-        )
-    return form, None
+            b"\r\n",
+        ]
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
 # --- answer ------------------------------------------------------------------------------
@@ -185,9 +210,9 @@ def read_answer(
         )
         return _success(image, neurons, latency)
 
-    body = _parse_json(payload)
-    if status == 200 and model.answer == "base64_json" and isinstance(body, dict):
-        b64 = _envelope_image(body)
+    if status == 200 and model.answer == "base64_json":
+        body, b64 = _parse_envelope(payload)
+        b64 = _envelope_image(body, b64)
         if b64 is not None:
             # Passed through as base64: decoding megabytes only to re-encode them is waste.
             image = GeneratedImage.from_b64(
@@ -196,6 +221,8 @@ def read_answer(
             if image.mime == "application/octet-stream" and model.answer_mime:
                 image.mime = model.answer_mime
             return _success(image, neurons, latency)
+    else:
+        body = _parse_json(payload)
 
     attempt = classify(status, headers, body, latency=latency, neurons=neurons)
     if status == 200 and body is None and attempt.kind is OutcomeKind.TRANSIENT:
@@ -203,12 +230,64 @@ def read_answer(
     return attempt
 
 
-def _envelope_image(body: dict) -> str | None:
-    if body.get("success") is False:
-        return None
-    result = body.get("result")
+def _parse_envelope(payload: bytes) -> tuple[Any, str | None]:
+    """The parsed answer and its `result.image` string (None when there is none).
+
+    A JSON parser builds the multi-megabyte base64 string character by character (about
+    3 ms per MB with orjson, most of the proxy's own time per request). So the image is cut
+    out of the raw bytes and only the small rest is parsed; the rest must then show an empty
+    `result.image` exactly where the cut was, which proves the cut was the right string.
+    Anything unusual (escapes, another layout) takes the ordinary full parse.
+    """
+    cut = _cut_image(payload)
+    if cut is not None:
+        start, end = cut
+        rest = _parse_json(payload[:start] + payload[end:])
+        result = rest.get("result") if isinstance(rest, dict) else None
+        if isinstance(result, dict) and result.get("image") == "":
+            try:
+                # Straight from the buffer: slicing first would copy megabytes once more.
+                return rest, str(memoryview(payload)[start:end], "ascii")
+            except UnicodeDecodeError:
+                pass
+    body = _parse_json(payload)
+    result = body.get("result") if isinstance(body, dict) else None
     image = result.get("image") if isinstance(result, dict) else None
-    if not isinstance(image, str) or not image:
+    return body, image if isinstance(image, str) else None
+
+
+_IMAGE_KEY = b'"image"'
+_JSON_SPACE = b" \t\r\n"
+
+
+def _cut_image(payload: bytes) -> tuple[int, int] | None:
+    """Where the value of the first `"image": "..."` lies: (first, past last) byte of its text,
+    if it is a string without escapes. A `"image"` whose first quote is not escaped is a key
+    or a whole value, never part of another string, so this cannot land inside a message."""
+    key = payload.find(_IMAGE_KEY)
+    if key < 0 or payload[key - 1 : key] == b"\\":  # a quote after a backslash is text
+        return None
+    at = key + len(_IMAGE_KEY)
+    while at < len(payload) and payload[at] in _JSON_SPACE:
+        at += 1
+    if payload[at : at + 1] != b":":
+        return None
+    at += 1
+    while at < len(payload) and payload[at] in _JSON_SPACE:
+        at += 1
+    if payload[at : at + 1] != b'"':
+        return None
+    start = at + 1
+    end = payload.find(b'"', start)
+    if end < 0 or payload.find(b"\\", start, end) >= 0:
+        return None
+    return start, end
+
+
+def _envelope_image(body: Any, image: str | None) -> str | None:
+    if not isinstance(body, dict) or body.get("success") is False:
+        return None
+    if not image:
         return None
     if image.startswith("data:"):  # tolerate a data URL; the payload after the comma is base64
         image = image.partition(",")[2]
