@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flux_proxy.api.middleware import ApiKeyMiddleware, RequestContextMiddleware
+from flux_proxy.api.openapi import openapi_route
 from flux_proxy.api.render import error_response
 from flux_proxy.api.routes import Services, routes
 from flux_proxy.clock import Clock
@@ -101,7 +102,7 @@ def create_app(
         Middleware(ApiKeyMiddleware, keys=settings.master_keys, enabled=not settings.no_auth)
     )
     return Starlette(
-        routes=routes(),
+        routes=[*routes(), openapi_route()],
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},

@@ -90,6 +90,7 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=False,  # forwarded headers are judged by TRUSTED_PROXIES, not uvicorn
         server_header=False,
         log_config=None,  # uvicorn's own lines go through configure_logging (JSON or text)
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     return 0
 

@@ -8,6 +8,7 @@ JSON, multipart and urlencoded bodies all come out as one `RawRequest`, so the v
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,9 +94,27 @@ def parse_json_object(data: bytes) -> dict[str, Any]:
 
 
 async def read_request(
-    request: Request, *, max_body_bytes: int, max_field_bytes: int
+    request: Request,
+    *,
+    max_body_bytes: int,
+    max_field_bytes: int,
+    body_timeout: float | None = None,
 ) -> RawRequest:
-    """Decode a JSON, multipart or urlencoded body; 413 over `max_body_bytes`, 415 otherwise."""
+    """Decode a JSON, multipart or urlencoded body; 413 over `max_body_bytes`, 415 otherwise,
+    408 when the whole body has not arrived within `body_timeout` seconds (a trickling client)."""
+    try:
+        async with asyncio.timeout(body_timeout):
+            return await _read_request(request, max_body_bytes, max_field_bytes)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            f"the request body did not arrive within {body_timeout:g} s",
+            code="request_timeout",
+            headers={"connection": "close"},
+        ) from None
+
+
+async def _read_request(request: Request, max_body_bytes: int, max_field_bytes: int) -> RawRequest:
     headers = request.headers
     _check_declared_length(headers, max_body_bytes)
     media_type = _media_type(headers)

@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from flux_proxy import __version__
 from flux_proxy.api.body import read_request
+from flux_proxy.api.disconnect import unless_disconnected
 from flux_proxy.api.generate import generate_all
 from flux_proxy.api.middleware import note
 from flux_proxy.api.model_lookup import lookup_model
@@ -71,6 +72,7 @@ async def _images(request: Request, *, edit: bool) -> Response:
         request,
         max_body_bytes=settings.max_body_bytes,
         max_field_bytes=max(1024 * 1024, 4 * settings.max_prompt_chars),
+        body_timeout=settings.body_read_timeout,
     )
     image_request = await build_image_request(raw, settings, edit=edit)
     note(request.scope, model=image_request.job.model.short_name, n=image_request.n)
@@ -90,7 +92,8 @@ async def _images(request: Request, *, edit: bool) -> Response:
         )
         return stream_response(events)
 
-    outcome = await generate_all(svc.pool, image_request, request_id)
+    # A caller who hangs up stops costing: the upstream calls are cancelled, slots freed.
+    outcome = await unless_disconnected(request, generate_all(svc.pool, image_request, request_id))
     note(request.scope, account=outcome.images[0][1].image.account)
     body = await images_body(
         outcome,
