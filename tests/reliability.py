@@ -11,7 +11,35 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 SMALL = {"model": "flux-2-klein-4b", "size": "256x256"}
+
+# One keep-alive client for the tests' own calls: `httpx.post(...)` builds a client (and an SSL
+# context) per call, some 40 ms each, which adds up over a table of cases.
+HTTP = httpx.Client(timeout=30)
+
+
+def add_fault(emulator: Any, **rule: Any) -> None:
+    rule.setdefault("kind", "error")
+    HTTP.post(f"{emulator.root}/__emulator/faults", json=rule).raise_for_status()
+
+
+def emulator_calls(emulator: Any) -> list[dict]:
+    response = HTTP.get(f"{emulator.root}/__emulator/calls")
+    response.raise_for_status()
+    return response.json()["calls"]
+
+
+def reset_emulator(emulator: Any) -> None:
+    HTTP.post(f"{emulator.root}/__emulator/reset", json={}).raise_for_status()
+
+
+def generate(proxy: Any, timeout: float = 30, **body: Any) -> httpx.Response:
+    body = {"prompt": "a lighthouse in a storm", **SMALL, **body}
+    return HTTP.post(
+        proxy.base_url + "/images/generations", json=body, headers=proxy.auth, timeout=timeout
+    )
 
 
 def assert_openai_error(status: int, body: Any, headers: Any = None) -> dict:

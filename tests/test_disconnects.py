@@ -108,7 +108,9 @@ def test_abandoned_request_gives_back_its_slot_reservation_tasks_and_sockets(
     tasks, sockets = _warm_up(proxy, emulator)
     emulator.fault(account=emulator.account_id(1), kind="timeout", latency=SLOW, count=1)
 
-    _send_and_abandon(proxy, {"prompt": "never collected", **SMALL}, wait_for_calls=1, emulator=emulator)
+    _send_and_abandon(
+        proxy, {"prompt": "never collected", **SMALL}, wait_for_calls=1, emulator=emulator
+    )
 
     # Released long before the emulator would answer (30 s) or the read timeout (10 s) fires.
     _settled(proxy, tasks, sockets)
@@ -123,7 +125,10 @@ def test_abandoned_request_of_three_images_cancels_every_upstream_call(make_prox
     emulator.fault(kind="timeout", latency=SLOW, count=3)
 
     _send_and_abandon(
-        proxy, {"prompt": "three never collected", "n": 3, **SMALL}, wait_for_calls=3, emulator=emulator
+        proxy,
+        {"prompt": "three never collected", "n": 3, **SMALL},
+        wait_for_calls=3,
+        emulator=emulator,
     )
 
     _settled(proxy, tasks, sockets)
