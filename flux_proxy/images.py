@@ -1,5 +1,6 @@
-"""Pillow work on reference images: check that bytes are a real PNG, JPEG or WebP, and scale
-the ones a model cannot take (FLUX.2 needs every input image below 512x512).
+"""Pillow work: check that reference images are a real PNG, JPEG or WebP and scale the ones a
+model cannot take (FLUX.2 needs every input image below 512x512); convert generated images to
+the caller's `output_format`.
 
 All functions here are synchronous and CPU-bound: the API layer runs them in a worker thread
 (`asyncio.to_thread`) so a large upload never stalls the event loop.

@@ -6,6 +6,7 @@ proxies); URL images kept in Redis and served by another proxy instance.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
@@ -18,9 +19,14 @@ import redis
 from conftest import API_KEY, start_proxy
 from PIL import Image
 
+from flux_proxy.api.body import RawRequest
+from flux_proxy.api.output import conversion_target
+from flux_proxy.api.parse import ImageRequest, build_image_request
 from flux_proxy.app import create_app
 from flux_proxy.clock import FrozenClock
 from flux_proxy.emulator.render import RenderKey, render_image
+from flux_proxy.images import convert_output
+from flux_proxy.job import GeneratedImage
 from flux_proxy.models import find_model
 from flux_proxy.settings import Settings
 
@@ -231,3 +237,44 @@ def test_a_url_made_by_one_instance_is_served_by_another_over_redis(emulator, re
     finally:
         first.stop()
         second.stop()
+
+
+# --- the conversion rule and Pillow work, without servers ---------------------------------------
+
+
+def picture_bytes(mode: str, fmt: str, color) -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (40, 30), color).save(out, format=fmt)
+    return out.getvalue()
+
+
+def request_with(**fields) -> ImageRequest:
+    raw = RawRequest({"prompt": "a", **fields})
+    return asyncio.run(build_image_request(raw, Settings(accounts=[]), edit=False))
+
+
+@pytest.mark.parametrize(
+    ("mime", "fields", "target"),
+    [
+        ("image/png", {}, None),
+        ("image/png", {"output_format": "png"}, None),
+        ("image/png", {"output_compression": 40}, None),  # PNG is lossless: nothing to do
+        ("image/png", {"output_format": "jpg"}, "jpeg"),
+        ("image/jpeg", {"output_format": "jpeg"}, None),
+        ("image/jpeg", {"output_compression": 40}, "jpeg"),
+        ("image/jpeg", {"output_format": "webp", "output_compression": 40}, "webp"),
+        ("image/webp", {"output_format": "png"}, "png"),
+    ],
+)
+def test_conversion_happens_only_when_it_changes_something(mime, fields, target):
+    image = GeneratedImage(mime=mime, account=1, neurons=None, _data=b"")
+    assert conversion_target(image, request_with(**fields)) == target
+
+
+def test_transparent_png_becomes_a_jpeg_on_white_and_keeps_alpha_in_webp():
+    data = picture_bytes("RGBA", "PNG", (255, 0, 0, 0))
+    jpeg = convert_output(data, "jpeg", 90)
+    assert jpeg.mime == "image/jpeg" and (jpeg.width, jpeg.height) == (40, 30)
+    assert opened(jpeg.data).getpixel((5, 5))[0] > 240  # white, not black
+    webp = convert_output(data, "webp", None)
+    assert opened(webp.data).mode == "RGBA"
