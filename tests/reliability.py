@@ -112,6 +112,16 @@ def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict
     return status, headers, body
 
 
+def raw_call(
+    url: str, method: str, path: str, headers: dict[str, str], body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    """One request with exactly these header bytes (clients refuse e.g. trailing spaces)."""
+    headers = {**headers, "Content-Length": str(len(body)), "Connection": "close"}
+    with connect(url) as sock:
+        sock.sendall(request_head(method, path, headers) + body)
+        return read_response(sock)
+
+
 # --- inside an in-thread proxy (tests/conftest.py's make_proxy) --------------------------
 
 

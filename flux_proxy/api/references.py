@@ -41,6 +41,11 @@ def collect_images(raw: RawRequest, settings: Settings) -> list[PendingImage]:
             named.append(pending)
         elif upload.field != "mask":
             raise invalid(f"unexpected file field {upload.field[:50]!r}", param=upload.field[:50])
+    for name, value in raw.fields.items():
+        # The seed's names sent as text (a JSON body, or a form field that is not a file): a
+        # data: URL is a reference like any other; anything else is refused, never dropped.
+        if (match := _INPUT_IMAGE.match(name)) and value is not None and value != "":
+            numbered.append((int(match.group(1)), _pending_data_url(value, name, settings)))
     for name in _IMAGE_FIELDS:
         value = raw.fields.get(name)
         if value is None or value == "":
