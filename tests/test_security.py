@@ -17,8 +17,10 @@ import struct
 import time
 import zlib
 
+import httpx
 import pytest
 from conftest import picture
+from procs import ACCOUNTS, API_KEY, account_id, run_check, shared_emulator, start_proxy
 from reliability import (
     HTTP,
     SMALL,
@@ -32,6 +34,7 @@ from reliability import (
 from starlette.responses import PlainTextResponse
 
 from flux_proxy.api.middleware import ApiKeyMiddleware
+from flux_proxy.api.routes import STATIC_DIR
 
 KEYS = ["key-one-7f3a9c", "key-two-b81d44", "key-three-0c6e25"]
 GENERATIONS = "/v1/images/generations"
@@ -510,3 +513,89 @@ def test_url_text_in_seed_image_fields_is_refused_never_fetched(make_proxy, emul
     )
     assert response.status_code == 200, response.text
     assert list(emulator_calls(emulator)[0]["files"]) == ["input_image_0"]
+
+
+# --- no secret anywhere ------------------------------------------------------------------
+
+BAD_ID = "4d0badc0ffee" + "9" * 20  # a fourth account the emulator does not know
+BAD_TOKEN = "tok-BAD-SECRET-4-" + "q" * 24
+
+
+def _full_run(proxy, emulator) -> list[str]:
+    """Everything a caller can see from a run that touches every route and every kind of
+    failure: the bodies and headers to search."""
+    seen: list[str] = []
+    client = httpx.Client(base_url=proxy.url, timeout=30)
+    keyed = {"Authorization": f"Bearer {API_KEY}"}
+
+    def record(response: httpx.Response) -> httpx.Response:
+        seen.append(str(response.status_code) + repr(list(response.headers.items())))
+        seen.append(response.content.decode("utf-8", errors="replace"))
+        return response
+
+    def gen(**body):
+        return record(client.post("/v1/images/generations", headers=keyed, json={**SMALL, **body}))
+
+    # 1 out of neurons, 2 token rejected, 3 failing once, 4 a token Cloudflare never issued.
+    emulator.fault(account=account_id(1), status=429, code=3036, count=1)
+    emulator.fault(account=account_id(2), status=401, count=1)
+    emulator.fault(account=account_id(3), status=500, count=1)
+    assert gen(prompt="everything fails").status_code == 502
+    assert gen(prompt="account 3 again").status_code == 200
+    url = gen(prompt="as a url", response_format="url").json()["data"][0]["url"]
+    assert record(client.get(url)).status_code == 200
+    record(client.post("/v1/images/generations", headers=keyed, json={**SMALL, "stream": True}))
+    edit = client.post(
+        "/v1/images/edits",
+        headers=keyed,
+        data={"prompt": "edit", **SMALL},
+        files=[("image", ("a.png", _png(), "image/png"))],
+    )
+    assert record(edit).status_code == 200
+    emulator.fault(account=account_id(3), status=400, count=1)
+    assert gen(prompt="upstream refuses the input").status_code == 400
+    emulator.fault(account=account_id(3), status=429, code=3040, count=1)
+    assert gen(prompt="all cooling or parked").status_code == 429
+    record(client.post("/v1/images/generations", headers=keyed, content=b"{not json"))
+    record(client.post("/v1/images/generations", json=SMALL))
+    record(client.post("/v1/images/generations", headers={"Authorization": "Bearer nope"}))
+    record(client.post("/v1/images/generations", headers=keyed, json={"prompt": "x", "model": "?"}))
+    record(client.get("/v1/nothing-here", headers=keyed))
+    record(client.delete("/v1/models", headers=keyed))
+    for path in ("/health", "/health/live", "/health/ready", "/metrics", "/", "/openapi.json"):
+        record(client.get(path))
+    for path in ("/v1/models", "/v1/models/flux-2-dev"):
+        record(client.get(path, headers=keyed))
+    for static in sorted(STATIC_DIR.iterdir()):
+        record(client.get(f"/static/{static.name}"))
+    client.close()
+    return seen
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_no_token_key_or_account_id_in_any_response_log_line_or_check_output(tmp_path, log_format):
+    emulator = shared_emulator()
+    env = {
+        "LOG_FORMAT": log_format,
+        "LOG_LEVEL": "DEBUG",
+        "STATE_BACKEND": "sqlite",
+        "DATA_DIR": tmp_path / "data",
+        "ACCOUNT_4": BAD_ID,
+        "CF_API_TOKEN_4": BAD_TOKEN,
+    }
+    proxy = start_proxy(tmp_path / "proxy", emulator, **env)
+    try:
+        seen = _full_run(proxy, emulator)
+    finally:
+        proxy.proc.stop()  # SIGTERM: the shutdown lines are searched too
+    seen.append(proxy.proc.output())
+    check = run_check(tmp_path / "check", proxy.env)
+    seen += [check.stdout, check.stderr]
+
+    secrets = [API_KEY, BAD_TOKEN, BAD_ID]
+    secrets += [token for _, _, token in ACCOUNTS] + [account for _, account, _ in ACCOUNTS]
+    everything = "\n".join(seen)
+    assert "upstream_attempt" in everything  # the logs really were captured
+    assert any(call["account"] == BAD_ID for call in emulator.calls())  # and 4 was tried
+    for secret in secrets:
+        assert secret not in everything, f"a secret leaked ({secret[:6]}…)"
