@@ -262,6 +262,7 @@ async def test_outage_serves_locally_then_resyncs_what_it_learned(throwaway, eve
     assert await quick(store.status()) == {
         "backend": "redis",
         "ok": False,
+        "serving": True,
         "detail": DEGRADED_DETAIL,
     }
     learned = Block("disabled", None, "token rejected", code=10000)
