@@ -16,11 +16,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from flux_proxy import __version__
+from flux_proxy.api.parse import MAX_N
 from flux_proxy.api.render import json_response
 from flux_proxy.models import MODELS
 
 OPENAPI_PATH = "/openapi.json"
-MAX_N = 10  # keep in step with api/parse.py
 MAX_REFERENCES = max(model.max_references for model in MODELS)
 
 _REF = "#/components/schemas/"
