@@ -443,3 +443,12 @@ async def test_given_session_is_used_and_not_closed():
         assert c.session is session
         await c.close()
         assert not session.closed
+
+
+async def test_base64_that_is_not_an_image_is_a_transient_failure(client):
+    not_an_image = base64.b64encode(b"<html>oops</html>" * 10).decode()
+    with mocked_cloudflare() as mocked:
+        mocked.post(url_for("@cf/black-forest-labs/flux-2-dev"), payload=ok_body(not_an_image))
+        attempt = await client.run(ACCOUNT, job())
+    assert attempt.kind is OutcomeKind.TRANSIENT
+    assert attempt.image is None

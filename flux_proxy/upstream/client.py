@@ -229,8 +229,10 @@ def read_answer(
             image = GeneratedImage.from_b64(
                 b64, account=account.number, neurons=neurons, seed=job.seed
             )
-            if image.mime == "application/octet-stream" and model.answer_mime:
-                image.mime = model.answer_mime
+            if image.mime == "application/octet-stream":
+                # The first bytes are no PNG, JPEG or WebP: a broken answer, not an image to
+                # hand a caller. Another account may do better.
+                return _no_image(status, neurons, latency, "Workers AI answered with no image")
             return _success(image, neurons, latency)
     else:
         body = _parse_json(payload)
