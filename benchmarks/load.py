@@ -62,8 +62,10 @@ def percentile(values: list[float], share: float) -> float:
 
 def new_session() -> aiohttp.ClientSession:
     # No connection limit and no timeout beyond a generous total: the load generator must
-    # never be the thing that queues requests.
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    # never be the thing that queues requests. Idle connections are dropped after 2 s, before
+    # uvicorn's 5 s keep-alive closes them from its side: reusing a connection the server is
+    # closing at that moment fails the request, which would be the harness's fault.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
     return aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=120), auto_decompress=False
     )
