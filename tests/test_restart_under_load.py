@@ -121,9 +121,13 @@ def test_kill_9_under_load_keeps_parks_and_spend_and_the_restart_serves_at_once(
         for number in (2, 3):
             used = after[number]["neurons_used_today"]
             # Everything settled before the kill is kept; only calls cut off in flight (at
-            # most one per worker) may be missing from what Workers AI counted.
-            assert before[number]["neurons_used_today"] <= used <= charged[number] + 0.05
-            assert used >= charged[number] - WORKERS * NEURONS_PER_CALL - 0.05
+            # most one per worker) may be missing from what Workers AI counted. The other way,
+            # a call whose connection broke may have been billed, and the pool counts such
+            # calls as spent (duplicate spend, on the safe side of a budget): a few per worker
+            # at most.
+            slack = WORKERS * NEURONS_PER_CALL + 0.05
+            assert before[number]["neurons_used_today"] <= used <= charged[number] + slack
+            assert used >= charged[number] - slack
         assert used > 0
 
         with Load(second) as again:
