@@ -31,7 +31,17 @@ class FrozenClock(Clock):
 
 def utc_day(timestamp: float) -> str:
     """The UTC calendar day a timestamp falls in, as `YYYY-MM-DD` (Cloudflare's budget period)."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
+    global _last_day
+    start, end, day = _last_day
+    if start <= timestamp < end:
+        return day  # asked several times per request; the answer changes once a day
+    day = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
+    start = (timestamp // 86400) * 86400  # UTC days are 86,400 s long in POSIX time
+    _last_day = (start, start + 86400, day)
+    return day
+
+
+_last_day: tuple[float, float, str] = (0.0, 0.0, "")
 
 
 def next_utc_midnight(timestamp: float) -> float:

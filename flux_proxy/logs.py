@@ -6,6 +6,7 @@ suggests a credential, as a second line of defence.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -71,9 +72,15 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
         child.propagate = True
 
 
+@functools.lru_cache(maxsize=512)
+def _allowed(name: str) -> bool:
+    # Cached: the same few dozen field names come by on every request.
+    return not any(bad in name.lower() for bad in _FORBIDDEN)
+
+
 def log_event(event: str, level: int = logging.INFO, **fields: object) -> None:
     """Log one structured line. Fields named like credentials are dropped, never printed."""
     if not logger.isEnabledFor(level):
         return
-    safe = {k: v for k, v in fields.items() if not any(bad in k.lower() for bad in _FORBIDDEN)}
+    safe = {k: v for k, v in fields.items() if _allowed(k)}
     logger.log(level, event, extra={"event": event, "fields": safe})

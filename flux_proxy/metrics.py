@@ -3,6 +3,8 @@ one process (tests, benchmarks) never mix their figures."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -12,6 +14,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # Labelled children by (metric, labels), and each account's current state: the hot
+        # path asks for the same few children on every request, and `labels()` validates and
+        # locks each time.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._account_states: dict[int, str] = {}
         self.http_requests = Counter(
             "flux_proxy_http_requests", "HTTP requests answered", ["route", "status"], registry=r
         )
@@ -70,9 +77,20 @@ class Metrics:
             registry=r,
         )
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once per label set."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def set_account_state(self, account: int, state: str) -> None:
+        if self._account_states.get(account) == state:
+            return  # the gauges already say so; only this method sets them
         for name in ("available", "cooling", "parked", "disabled"):
             self.account_state.labels(str(account), name).set(1 if name == state else 0)
+        self._account_states[account] = state
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

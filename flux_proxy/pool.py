@@ -74,6 +74,8 @@ class AccountPool:
         self._model_unavailable: dict[tuple[int, str], float] = {}
         self._transient_streak: dict[int, int] = {}
         self._last_error_code: dict[int, int | None] = {}
+        # The store keys of each account, worked out once: they are asked for on every request.
+        self._keys = {a.number: (a, account_key(a), token_key(a)) for a in self.accounts}
 
     # --- the request path ----------------------------------------------------------------
 
@@ -125,11 +127,11 @@ class AccountPool:
     async def _blocks(self, accounts: list[AccountConfig]) -> dict[int, Block]:
         """The active block per account number (a disabled token wins over the rest)."""
         now = self.clock.now()
-        keys = [account_key(a) for a in accounts] + [token_key(a) for a in accounts]
-        found = await self.store.get_blocks(keys)
+        pairs = [self._keys_of(a) for a in accounts]
+        found = await self.store.get_blocks([p[0] for p in pairs] + [p[1] for p in pairs])
         active: dict[int, Block] = {}
-        for account in accounts:
-            for key in (token_key(account), account_key(account)):
+        for account, (plain, token) in zip(accounts, pairs, strict=True):
+            for key in (token, plain):
                 block = found.get(key)
                 if block is not None and block.active(now):
                     active[account.number] = block
@@ -140,6 +142,13 @@ class AccountPool:
                 state = active[account.number].kind if account.number in active else "available"
                 self.metrics.set_account_state(account.number, state)
         return active
+
+    def _keys_of(self, account: AccountConfig) -> tuple[str, str]:
+        """(account_key, token_key), cached for the pool's own accounts."""
+        cached = self._keys.get(account.number)
+        if cached is None or cached[0] is not account:
+            return account_key(account), token_key(account)
+        return cached[1], cached[2]
 
     def _skip_reason(
         self, account: AccountConfig, job: ImageJob, blocks: dict[int, Block], run: RequestTally
@@ -167,7 +176,7 @@ class AccountPool:
         self, account: AccountConfig, job: ImageJob, run: RequestTally, request_id: str
     ) -> GeneratedImage | None:
         """One attempt on an account whose slot the caller took. Gives the slot back."""
-        number, key = account.number, account_key(account)
+        number, key = account.number, self._keys_of(account)[0]
         reservation: Reservation | None = None
         try:
             now = self.clock.now()
@@ -192,7 +201,7 @@ class AccountPool:
                 await self.store.settle(reservation, spent)
                 if self.metrics:
                     model = job.model.short_name
-                    self.metrics.neurons.labels(str(number), model).inc(spent)
+                    self.metrics.child(self.metrics.neurons, str(number), model).inc(spent)
                     if attempt.kind is not OutcomeKind.SUCCESS:
                         self.metrics.duplicate_spend.labels(str(number), model).inc()
             else:
@@ -315,8 +324,9 @@ class AccountPool:
         )
         if self.metrics:
             code = "" if attempt.code is None else str(attempt.code)
-            self.metrics.upstream_calls.labels(number, model, attempt.kind.value, code).inc()
-            self.metrics.upstream_latency.labels(number, model).observe(attempt.latency)
+            metrics = self.metrics
+            metrics.child(metrics.upstream_calls, number, model, attempt.kind.value, code).inc()
+            metrics.child(metrics.upstream_latency, number, model).observe(attempt.latency)
             if attempt.kind is OutcomeKind.SUCCESS:
                 self.metrics.set_account_state(account.number, "available")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import secrets
 import time
-import uuid
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -53,7 +53,9 @@ class RequestContextMiddleware:
             return
         incoming = _header(scope, b"x-request-id")
         request_id = (
-            incoming if incoming and _SANE_REQUEST_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
+            incoming
+            if incoming and _SANE_REQUEST_ID.match(incoming)
+            else f"req_{secrets.token_hex(16)}"
         )
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -98,8 +100,9 @@ class RequestContextMiddleware:
             latency = time.perf_counter() - start
             route = scope.get("route")
             route_label = getattr(route, "path", None) or "unmatched"
-            self.metrics.http_requests.labels(route_label, str(status)).inc()
-            self.metrics.http_latency.labels(route_label).observe(latency)
+            metrics = self.metrics
+            metrics.child(metrics.http_requests, route_label, str(status)).inc()
+            metrics.child(metrics.http_latency, route_label).observe(latency)
             log_event(
                 "request",
                 request_id=request_id,

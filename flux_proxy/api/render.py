@@ -9,7 +9,7 @@ framing.
 from __future__ import annotations
 
 import ipaddress
-import uuid
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -138,7 +138,7 @@ async def images_body(
     neurons = [o.image.neurons for _, o in outcome.images if o.image.neurons is not None]
     body: dict = {
         "created": created,
-        "id": f"img_{uuid.uuid4().hex}",
+        "id": f"img_{secrets.token_hex(16)}",
         "object": "image.generation",
         "model": job.model.id,
         "data": data,

@@ -100,10 +100,15 @@ async def _images(request: Request, *, edit: bool) -> Response:
         image_request,
         created=int(svc.clock.now()),
         image_store=svc.images,
-        base_url=base_url_for(request, settings),
+        # Only URL entries need the base; working it out reads several headers.
+        base_url=""
+        if image_request.response_format == "b64_json"
+        else base_url_for(request, settings),
     )
-    svc.metrics.images.labels(
-        image_request.job.model.short_name, image_request.response_format or "both"
+    svc.metrics.child(
+        svc.metrics.images,
+        image_request.job.model.short_name,
+        image_request.response_format or "both",
     ).inc(len(outcome.images))
     return json_response(body)
 

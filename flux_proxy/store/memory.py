@@ -4,7 +4,7 @@ when Redis is unreachable."""
 from __future__ import annotations
 
 import asyncio
-import uuid
+import secrets
 
 from flux_proxy.clock import Clock
 from flux_proxy.store.base import Block, Reservation, Usage
@@ -54,7 +54,7 @@ class MemoryStore:
                 held = self._used.get((account, day), 0.0) + self._reserved(account, day, now)
                 if held + amount > budget:
                     return None
-            reservation = Reservation(uuid.uuid4().hex, account, day, amount)
+            reservation = Reservation(secrets.token_hex(16), account, day, amount)
             self._reservations[reservation.id] = (reservation, now + ttl)
             return reservation
 
