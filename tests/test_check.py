@@ -245,7 +245,11 @@ async def test_unreachable_state_store_makes_state_unknown(emulator, tmp_path):
 
 async def test_redis_backend_without_url_is_a_configuration_error(tmp_path):
     settings = make_settings(
-        "http://127.0.0.1:9/client/v4", good_accounts(), tmp_path, state_backend="redis"
+        "http://127.0.0.1:9/client/v4",
+        good_accounts(),
+        tmp_path,
+        state_backend="redis",
+        redis_url=None,  # explicit: CI exports REDIS_URL for the Redis tests
     )
     code, output = await check(settings)
 
