@@ -83,4 +83,9 @@ def log_event(event: str, level: int = logging.INFO, **fields: object) -> None:
     if not logger.isEnabledFor(level):
         return
     safe = {k: v for k, v in fields.items() if _allowed(k)}
-    logger.log(level, event, extra={"event": event, "fields": safe})
+    # makeRecord + handle is what `logger.log` does, minus its walk up the stack for the
+    # caller's file and line, which no line of ours prints.
+    record = logger.makeRecord(
+        logger.name, level, "flux_proxy", 0, event, (), None, extra={"event": event, "fields": safe}
+    )
+    logger.handle(record)
