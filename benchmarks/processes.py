@@ -69,14 +69,22 @@ def cpu_seconds(pid: int) -> float:
 
 
 def children_of(pid: int) -> list[int]:
-    """Direct children (uvicorn's worker processes under `--workers`)."""
+    """uvicorn's worker processes under `--workers` (not multiprocessing's resource tracker,
+    also a child)."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             found += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue
-    return found
+    return [pid for pid in found if _is_worker(pid)]
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 @dataclass
@@ -143,24 +151,16 @@ class Cluster:
         self,
         emulator: Child,
         *,
-        workers: int = 0,
+        workers: int = 1,
         name: str = "proxy",
-        uvicorn_options: tuple[str, ...] = (),
         **settings: str,
     ) -> Child:
-        """`python -m flux_proxy serve`, or uvicorn with `--workers N` through a factory
-        (`serve` has no `--workers` option)."""
+        """`python -m flux_proxy serve`, with `--workers N` when N > 1."""
         port = free_port()
         env = _base_env() | proxy_env(emulator.url) | settings
-        if workers:
-            argv = [
-                sys.executable, "-m", "uvicorn", "--factory", "proxy_app:create",
-                "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port),
-                "--workers", str(workers), "--no-access-log", "--log-level", "warning",
-                *uvicorn_options,
-            ]  # fmt: skip
-        else:
-            argv = [sys.executable, "-m", "flux_proxy", "serve", "--port", str(port)]
+        argv = [sys.executable, "-m", "flux_proxy", "serve", "--port", str(port)]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
         child = self._spawn(name, argv, env, f"http://127.0.0.1:{port}/health/live")
         child.url = f"http://127.0.0.1:{port}"
         return child

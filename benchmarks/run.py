@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="emulator images for overhead and throughput: its own, photo-sized, or both",
     )
     parser.add_argument(
-        "--workers", type=int, nargs="*", help="uvicorn --workers variants for throughput"
+        "--workers", type=int, nargs="*", help="`serve --workers N` variants for throughput"
     )
     parser.add_argument("--note", default="", help="free text stored with the results")
     return parser.parse_args(argv)

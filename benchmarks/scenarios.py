@@ -48,7 +48,7 @@ class Plan:
     requests_c1: int  # per block at concurrency 1
     rounds_per_task: int  # per block at higher concurrency: concurrency x rounds requests
     throughput_rounds: int
-    workers: tuple[int, ...]  # uvicorn --workers variants to measure
+    workers: tuple[int, ...]  # `serve --workers N` variants to measure (beside plain `serve`)
     memory_rounds: int
     memory_size: tuple[int, int]
     memory_concurrency: int
@@ -67,7 +67,7 @@ FULL = Plan(
     requests_c1=100,
     rounds_per_task=8,
     throughput_rounds=12,
-    workers=(1, 2),
+    workers=(2,),
     memory_rounds=4,
     memory_size=(1920, 1080),
     memory_concurrency=64,
@@ -254,14 +254,14 @@ async def overhead(session, emulator: Child, proxy: Child, plan: Plan, payload: 
 async def throughput(
     session, cluster: Cluster, emulator: Child, proxy: Child, plan: Plan, payload: str
 ) -> list[dict]:
-    """Images/s at c=32, 1024x1024: `serve` (one process), then uvicorn `--workers N`."""
+    """Images/s at c=32, 1024x1024: `serve` (one process), then `serve --workers N`."""
     concurrency, (width, height) = 32, (1024, 1024)
     account_id, token = ACCOUNTS[0]
     direct = await direct_call(emulator.url, account_id, token, job(width, height))
     fields = generation_fields(width, height)
     rows = []
     variants: list[tuple[str, int, Child | None]] = [("flux-proxy serve", 1, proxy)]
-    variants += [(f"uvicorn --workers {n}", n, None) for n in plan.workers]
+    variants += [(f"flux-proxy serve --workers {n}", n, None) for n in plan.workers if n > 1]
     for launcher, workers, running in variants:
         target = running or cluster.start_proxy(emulator, workers=workers, name=f"workers{workers}")
         try:

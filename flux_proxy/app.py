@@ -25,7 +25,7 @@ from flux_proxy.api.routes import Services, routes
 from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
-from flux_proxy.logs import log_event
+from flux_proxy.logs import configure_logging, log_event
 from flux_proxy.metrics import Metrics
 from flux_proxy.pool import AccountPool
 from flux_proxy.settings import Settings
@@ -107,6 +107,16 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )
+
+
+def app_from_environment() -> Starlette:
+    """The proxy built from the environment alone: the factory each `serve --workers N`
+    process calls (`flux_proxy.app:app_from_environment`, uvicorn `--factory`)."""
+    from flux_proxy.cli import load_settings  # the CLI's clean exit on a bad setting
+
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(settings)
 
 
 async def _start_emulator(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:

@@ -7,6 +7,7 @@ is a function pair and one line there. `run` returns the process exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -30,6 +31,13 @@ _NO_AUTH_WARNING = """\
 !!  Every request spends the configured accounts' neurons. Use only on a trusted     !!
 !!  machine or network.                                                              !!
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"""
+
+
+_EMULATOR_WORKERS = """\
+flux-proxy: --emulator runs the Workers AI emulator inside the proxy's own process, so it
+cannot be combined with --workers above 1. Run the emulator on its own
+(`flux-proxy emulator --port 8787`, CF_API_BASE_URL=http://127.0.0.1:8787/client/v4) and
+start the workers against it, or leave --workers at 1."""
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -65,6 +73,20 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-auth", action="store_true", help="serve without API_MASTER_KEY (not recommended)"
     )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="worker processes (default 1); they share state through the store, so use "
+        "STATE_BACKEND=sqlite (the default) or redis, not memory",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -79,10 +101,23 @@ def serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     if args.no_auth:
         print(_NO_AUTH_WARNING, file=sys.stderr, flush=True)
+    workers = getattr(args, "workers", 1)
+    if workers > 1 and args.emulator:
+        print(_EMULATOR_WORKERS, file=sys.stderr)
+        return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings, embedded_emulator=args.emulator)
+    if workers > 1:
+        # Workers are separate processes that build their own app from the environment
+        # (`app_from_environment`), so the command-line flags travel as variables.
+        if args.no_auth:
+            os.environ["NO_AUTH"] = "true"
+        target: object = "flux_proxy.app:app_from_environment"
+    else:
+        target = create_app(settings, embedded_emulator=args.emulator)
     uvicorn.run(
-        app,
+        target,
+        factory=workers > 1,
+        workers=workers if workers > 1 else None,
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),

@@ -7,7 +7,6 @@ import base64
 import io
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,10 +16,11 @@ from pathlib import Path
 
 import httpx
 import openai
-import pytest
 from PIL import Image
+from procs import shared_emulator
 
 from flux_proxy.cli import COMMANDS, build_parser
+from flux_proxy.emulator import DEMO_ACCOUNTS
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -147,10 +147,12 @@ def test_no_auth_prints_a_loud_warning_and_serves(tmp_path):
     assert "WARNING" in err and "--no-auth" in err
 
 
-@pytest.mark.skipif(shutil.which("flux-proxy") is None, reason="console script not on PATH")
 def test_console_script_lists_the_subcommands(tmp_path):
+    # Installed beside the interpreter running the tests (the venv's bin/), on PATH or not.
+    script = Path(sys.executable).parent / "flux-proxy"
+    assert script.exists(), "pip install did not create the flux-proxy console script"
     result = subprocess.run(
-        ["flux-proxy", "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=30
+        [str(script), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=30
     )
     assert result.returncode == 0
     assert "serve" in result.stdout and "emulator" in result.stdout
@@ -163,3 +165,59 @@ def test_parser_knows_serve_and_emulator_options():
     args = build_parser().parse_args(["emulator"])
     assert (args.port, args.host) == (8787, "127.0.0.1")
     assert {"serve", "emulator"} <= set(COMMANDS)
+
+
+def test_serve_with_two_workers_serves_an_image_to_the_sdk(tmp_path):
+    emulator = shared_emulator()
+    port = free_port()
+    key = "cli-test-key-" + "w" * 16
+    accounts = {}
+    for number, (account, token) in enumerate(DEMO_ACCOUNTS.items(), start=1):
+        accounts[f"ACCOUNT_{number}"] = account
+        accounts[f"CF_API_TOKEN_{number}"] = token
+    env = clean_env(
+        API_MASTER_KEY=key,
+        CF_API_BASE_URL=emulator.base_url,
+        STATE_BACKEND="sqlite",
+        DATA_DIR=str(tmp_path / "data"),
+        **accounts,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flux_proxy", "serve", "--workers", "2", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(url, process)
+        workers = _children(process.pid)
+        assert len(workers) == 2, workers
+        client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
+        for _ in range(4):  # more than one request, so both workers are likely to answer
+            result = client.images.generate(prompt="a red bicycle", size="320x256")
+            image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+            assert image.size == (320, 256)
+        assert httpx.get(url + "/v1/models").status_code == 401  # the key applies in workers
+    finally:
+        out, err = stop(process)
+    assert key not in out + err
+
+
+def _children(pid: int) -> list[int]:
+    """uvicorn's worker processes (multiprocessing's resource tracker is a child too)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return [c for c in found if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_emulator_with_workers_exits_2_with_a_clear_message(tmp_path):
+    env = clean_env(API_MASTER_KEY="k")
+    result = flux_proxy("serve", "--emulator", "--workers", "2", cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert "--emulator" in result.stderr and "--workers" in result.stderr
+    assert "Traceback" not in result.stderr
