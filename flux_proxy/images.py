@@ -24,7 +24,9 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 _FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _SAVE_OPTIONS = {
-    "PNG": {"optimize": False},
+    # zlib level 1: a photo-like PNG scaled to 511x383 re-encodes in 28 ms instead of 112 ms
+    # at the default level 6, for a file 19% larger (324 KB, not 273 KB), sent once upstream.
+    "PNG": {"optimize": False, "compress_level": 1},
     "JPEG": {"quality": 92},
     "WEBP": {"quality": 92},
 }
