@@ -36,7 +36,15 @@ DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
 # not offered in .env.example; and `accounts`, which comes from the numbered variables.
 NOT_IN_ENV_EXAMPLE = {"NO_AUTH", "EMULATOR", "ACCOUNTS"}
 # Variables the image sets for Python and pip themselves, not for the proxy.
-RUNTIME_ENV = {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
+# glibc's malloc tunables are for the C library, not Python: they keep image-sized buffers in
+# the heap instead of a fresh mmap per request (the Dockerfile says what that was measured to save).
+RUNTIME_ENV = {
+    "PATH",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONUNBUFFERED",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_THRESHOLD_",
+}
 # Variables compose itself interpolates (from the shell or the project's .env).
 COMPOSE_ONLY = {"FLUX_PROXY_PORTS"}
 
