@@ -9,7 +9,7 @@ conservative one and say so.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 BodyFormat = Literal["multipart", "json"]
@@ -148,62 +148,47 @@ class ModelSpec:
 
 _FLUX2_SIZE = IntRange(256, 1920)
 
+_FLUX2_DEV = ModelSpec(
+    id="@cf/black-forest-labs/flux-2-dev",
+    short_name="flux-2-dev",
+    owned_by="black-forest-labs",
+    description="FLUX.2 [dev]: best quality, up to 4 reference images, settable steps.",
+    body="multipart",
+    answer="base64_json",
+    answer_mime=None,
+    pricing=Pricing(per_output_tile_step=37.5, per_input_tile_step=18.75),
+    typical_seconds=25.0,
+    size_range=_FLUX2_SIZE,
+    default_width=1024,
+    default_height=768,
+    # Cloudflare documents no maximum; 50 matches the seed's slider and bounds the cost.
+    steps_range=IntRange(1, 50),
+    default_steps=25,
+    guidance_range=FloatRange(0.0, 20.0),
+    max_references=4,
+)
+
+
+def _flux2_klein(size: str, pricing: Pricing, typical_seconds: float) -> ModelSpec:
+    """FLUX.2 [klein] takes what [dev] takes, except steps: fixed at 4 and not settable."""
+    return replace(
+        _FLUX2_DEV,
+        id=f"@cf/black-forest-labs/flux-2-klein-{size.lower()}",
+        short_name=f"flux-2-klein-{size.lower()}",
+        description=f"FLUX.2 [klein] {size}: fast, 4 fixed steps, up to 4 reference images.",
+        pricing=pricing,
+        typical_seconds=typical_seconds,
+        steps_field=None,
+        steps_range=None,
+        default_steps=None,
+        fixed_steps=4,
+    )
+
+
 MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec(
-        id="@cf/black-forest-labs/flux-2-dev",
-        short_name="flux-2-dev",
-        owned_by="black-forest-labs",
-        description="FLUX.2 [dev]: best quality, up to 4 reference images, settable steps.",
-        body="multipart",
-        answer="base64_json",
-        answer_mime=None,
-        pricing=Pricing(per_output_tile_step=37.5, per_input_tile_step=18.75),
-        typical_seconds=25.0,
-        size_range=_FLUX2_SIZE,
-        default_width=1024,
-        default_height=768,
-        # Cloudflare documents no maximum; 50 matches the seed's slider and bounds the cost.
-        steps_range=IntRange(1, 50),
-        default_steps=25,
-        guidance_range=FloatRange(0.0, 20.0),
-        max_references=4,
-    ),
-    ModelSpec(
-        id="@cf/black-forest-labs/flux-2-klein-4b",
-        short_name="flux-2-klein-4b",
-        owned_by="black-forest-labs",
-        description="FLUX.2 [klein] 4B: fast, 4 fixed steps, up to 4 reference images.",
-        body="multipart",
-        answer="base64_json",
-        answer_mime=None,
-        pricing=Pricing(per_output_tile=26.05, per_input_tile=5.37),
-        typical_seconds=4.0,
-        size_range=_FLUX2_SIZE,
-        default_width=1024,
-        default_height=768,
-        steps_field=None,
-        fixed_steps=4,
-        guidance_range=FloatRange(0.0, 20.0),
-        max_references=4,
-    ),
-    ModelSpec(
-        id="@cf/black-forest-labs/flux-2-klein-9b",
-        short_name="flux-2-klein-9b",
-        owned_by="black-forest-labs",
-        description="FLUX.2 [klein] 9B: fast, 4 fixed steps, up to 4 reference images.",
-        body="multipart",
-        answer="base64_json",
-        answer_mime=None,
-        pricing=Pricing(first_megapixel=1363.64, per_extra_megapixel=181.82),
-        typical_seconds=6.0,
-        size_range=_FLUX2_SIZE,
-        default_width=1024,
-        default_height=768,
-        steps_field=None,
-        fixed_steps=4,
-        guidance_range=FloatRange(0.0, 20.0),
-        max_references=4,
-    ),
+    _FLUX2_DEV,
+    _flux2_klein("4B", Pricing(per_output_tile=26.05, per_input_tile=5.37), 4.0),
+    _flux2_klein("9B", Pricing(first_megapixel=1363.64, per_extra_megapixel=181.82), 6.0),
     ModelSpec(
         id="@cf/black-forest-labs/flux-1-schnell",
         short_name="flux-1-schnell",
