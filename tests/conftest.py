@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 import uvicorn
 from PIL import Image
 from pydantic import SecretStr
@@ -258,3 +261,24 @@ async def async_openai_client(proxy: ProxyHandle):
     )
     yield client
     await client.close()
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix on REDIS_URL that no other test uses; its keys are deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    prefix = f"flux-proxy-test-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()

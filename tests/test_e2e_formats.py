@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
 import time
-import uuid
 
 import httpx
 import pytest
 import redis
-from conftest import API_KEY, start_proxy
+from conftest import API_KEY, REDIS_URL, start_proxy
 from PIL import Image
 
 from flux_proxy.api.body import RawRequest
@@ -29,8 +27,6 @@ from flux_proxy.images import convert_output
 from flux_proxy.job import GeneratedImage
 from flux_proxy.models import find_model
 from flux_proxy.settings import Settings
-
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def generate(proxy, **body) -> dict:
@@ -188,21 +184,6 @@ def test_public_base_url_wins_over_everything(make_proxy):
 
 
 # --- URL images in Redis ------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_prefix():
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    prefix = f"flux-proxy-formats-{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def test_a_url_made_by_one_instance_is_served_by_another_over_redis(emulator, redis_prefix):

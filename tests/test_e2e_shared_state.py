@@ -8,13 +8,12 @@ test, and, for the outage, a redis-server of its own on a free port.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import uuid
 
 import httpx
 import pytest
 import redis
+from conftest import REDIS_URL
 from procs import (
     Emulator,
     Proxy,
@@ -28,7 +27,6 @@ from procs import (
 
 from flux_proxy.clock import iso, next_utc_midnight
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 SMALL = {"model": "flux-2-klein-4b", "size": "256x256"}
 
 
@@ -39,25 +37,9 @@ def fresh() -> Emulator:
 
 
 @pytest.fixture
-def shared_redis():
-    """(REDIS_URL, a prefix no other test uses); the prefix's keys are deleted afterwards."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    prefix = f"flux-proxy-e2e-{uuid.uuid4().hex[:10]}:"
-    yield REDIS_URL, prefix
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-def replicas(tmp_path, fresh, shared_redis):
+def replicas(tmp_path, fresh, redis_prefix):
     """`replicas(count, **env)`: that many proxy processes on one Redis prefix, started together."""
-    url, prefix = shared_redis
+    url, prefix = REDIS_URL, redis_prefix
     started: list[Proxy] = []
 
     def start(count: int, **env) -> list[Proxy]:
