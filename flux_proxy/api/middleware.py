@@ -15,6 +15,7 @@ import time
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flux_proxy.api.caller import Caller, master_key_name
 from flux_proxy.api.render import FILES_PATH, error_response
 from flux_proxy.errors import ApiError
 from flux_proxy.logs import log_event
@@ -117,11 +118,15 @@ class RequestContextMiddleware:
 class ApiKeyMiddleware:
     """`Authorization: Bearer <key>` on `/v1/*`, except the image files (their random names
     are the credential). The scheme is case-insensitive; the key is compared with every
-    configured key in constant time, with no early exit."""
+    configured key in constant time, with no early exit. The matching key's `Caller` goes on
+    `scope["state"]["caller"]` (see `api/caller.py`)."""
 
     def __init__(self, app: ASGIApp, keys: list[str], enabled: bool = True) -> None:
         self.app = app
         self.keys = [key.encode("utf-8") for key in keys]
+        self.callers = [
+            Caller(master_key_name(index, len(keys)), "admin") for index in range(len(keys))
+        ]
         self.enabled = enabled
 
     def _needs_key(self, scope: Scope) -> bool:
@@ -133,20 +138,29 @@ class ApiKeyMiddleware:
             and not path.startswith(FILES_PATH)
         )
 
-    def _authorized(self, header: str | None) -> bool:
+    def _caller(self, header: str | None) -> Caller | None:
+        """The caller whose key this header presents, or None. Every key is compared, always."""
         if not header:
-            return False
+            return None
         scheme, _, presented = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
-            return False
+            return None
         candidate = presented.strip().encode("utf-8")
-        matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(candidate, key)
-        return matched
+        found: Caller | None = None
+        for key, caller in zip(self.keys, self.callers, strict=True):
+            if hmac.compare_digest(candidate, key) and found is None:
+                found = caller
+        return found
+
+    def _authorized(self, header: str | None) -> bool:
+        return self._caller(header) is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._needs_key(scope) and not self._authorized(_header(scope, b"authorization")):
+        if not self._needs_key(scope):
+            await self.app(scope, receive, send)
+            return
+        caller = self._caller(_header(scope, b"authorization"))
+        if caller is None:
             error = ApiError(
                 401,
                 "missing or invalid API key: send 'Authorization: Bearer <API_MASTER_KEY>'",
@@ -155,4 +169,5 @@ class ApiKeyMiddleware:
             )
             await error_response(error)(scope, receive, send)
             return
+        scope.setdefault("state", {})["caller"] = caller
         await self.app(scope, receive, send)
