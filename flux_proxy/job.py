@@ -36,6 +36,10 @@ class ImageJob:
     seed: int | None = None
     negative_prompt: str | None = None
     references: tuple[ReferenceImage, ...] = ()
+    # Inpainting: white marks what to repaint (diffusers' convention), same size as
+    # references[0]. The API converts OpenAI's transparent-means-repaint masks into this.
+    mask: ReferenceImage | None = None
+    strength: float | None = None  # img2img: how far to move from references[0]
 
     def estimated_neurons(self) -> float:
         return self.model.estimate_neurons(

@@ -110,6 +110,9 @@ class ModelSpec:
     takes_negative_prompt: bool = False
     max_references: int = 0
     max_reference_side: int = 511  # FLUX.2 needs every input image smaller than 512x512
+    # img2img / inpainting: references[0] is the image to change; the mask says where
+    takes_mask: bool = False
+    strength_range: FloatRange | None = None
     prompt_max_chars: int = 10_000
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
