@@ -7,7 +7,7 @@ import asyncio
 import secrets
 
 from flux_proxy.clock import Clock
-from flux_proxy.store.base import Block, Reservation, Usage
+from flux_proxy.store.base import Block, JobRecord, Reservation, Usage
 
 
 class MemoryStore:
@@ -20,6 +20,7 @@ class MemoryStore:
         self._used: dict[tuple[str, str], float] = {}
         self._reservations: dict[str, tuple[Reservation, float]] = {}  # id -> (res, expires)
         self._blobs: dict[str, tuple[bytes, str, float]] = {}
+        self._jobs: dict[str, tuple[JobRecord, float]] = {}  # id -> (job, expires_at)
 
     async def open(self) -> None:
         return None
@@ -90,6 +91,28 @@ class MemoryStore:
         if item is None or item[2] <= self._clock.now():
             return None
         return item[0], item[1]
+
+    # --- jobs ---
+    async def put_job(self, job: JobRecord, ttl: float) -> None:
+        now = self._clock.now()
+        for job_id, (_, expires) in list(self._jobs.items()):
+            if expires <= now:
+                del self._jobs[job_id]
+        self._jobs[job.id] = (job, now + ttl)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        item = self._jobs.get(job_id)
+        if item is None or item[1] <= self._clock.now():
+            return None
+        return item[0]
+
+    async def swap_job(self, job: JobRecord, expect: frozenset[str], ttl: float) -> bool:
+        async with self._lock:
+            current = await self.get_job(job.id)
+            if current is None or current.status not in expect:
+                return False
+            self._jobs[job.id] = (job, self._clock.now() + ttl)
+            return True
 
     async def status(self) -> dict:
         return {"backend": self.name, "ok": True, "detail": "in-process; forgotten on restart"}
