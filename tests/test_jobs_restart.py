@@ -141,3 +141,22 @@ def test_a_replica_on_redis_takes_over_the_jobs_of_one_that_died(tmp_path, fresh
         assert metric(text, "flux_proxy_jobs_total", event="resumed") == 1
     finally:
         second.proc.stop()
+
+
+def test_sigterm_lets_a_running_job_finish_and_keeps_its_result(tmp_path, fresh):
+    env = {"STATE_BACKEND": "sqlite", "DATA_DIR": tmp_path / "data", "JOB_WORKERS": 1}
+    fresh.config(latency=2)
+    proxy = start_proxy(tmp_path / "first", fresh, **env)
+    try:
+        job_id = proxy.generate(headers=ASYNC, prompt="finish me", **SMALL).json()["id"]
+        wait_until(lambda: job(proxy, job_id)["status"] == "in_progress", 20, "the job to start")
+    finally:
+        proxy.proc.stop()  # SIGTERM: within SHUTDOWN_GRACE_SECONDS the job may finish
+    again = start_proxy(tmp_path / "second", fresh, **env)
+    try:
+        done = job(again, job_id)
+        assert done["status"] == "completed", done
+        assert len(fresh.calls()) == 1  # finished before the stop, not made again
+        assert metric(again.metrics(), "flux_proxy_jobs_total", event="resumed") == 0
+    finally:
+        again.proc.stop()

@@ -57,9 +57,10 @@ def decode_request(data: bytes) -> RawRequest:
     return RawRequest(value["fields"], files, is_form=value["is_form"])
 
 
-async def produce(svc, image_request: ImageRequest, request_id: str) -> Outcome:
+async def produce(svc, image_request: ImageRequest, request_id: str, owner: str) -> Outcome:
     """The one place a job reaches for images. Today the images handler's own path
-    (`generate_all` over the pool); the work layer's entry point replaces it here."""
+    (`generate_all` over the pool); the work layer's entry point replaces it here (`owner` is
+    the job's `Caller.name`, for what the work layer keys by caller)."""
     return await generate_all(svc.pool, image_request, request_id)
 
 
@@ -69,7 +70,8 @@ def image_job_runner(svc):
     async def run(job: JobRecord) -> bytes:
         raw = decode_request(job.request)
         image_request = await build_image_request(raw, svc.settings, edit=job.kind == EDIT)
-        outcome = await produce(svc, image_request, job.meta.get("request_id") or job.id)
+        request_id = job.meta.get("request_id") or job.id
+        outcome = await produce(svc, image_request, request_id, job.owner)
         body = await images_body(
             outcome,
             image_request,

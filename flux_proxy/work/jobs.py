@@ -120,7 +120,7 @@ class JobService:
         if job.status == "cancelled":
             return job
         if job.status == "queued":
-            cancelled = replace(job, status="cancelled", completed_at=self.clock.now())
+            cancelled = self._finished(job, "cancelled")
             if await self.store.swap_job(cancelled, QUEUED, self.result_ttl):
                 self._count("cancelled")
                 return cancelled
@@ -218,16 +218,16 @@ class JobService:
         try:
             result = await runner(job)
         except ApiError as error:
-            return replace(
-                job, status="failed", completed_at=self.clock.now(), error=error.body()["error"]
-            )
+            return self._finished(job, "failed", error=error.body()["error"])
         except Exception as exc:
             log_event("job_failed", logging.ERROR, job_id=job.id, error=type(exc).__name__)
             internal = ApiError(500, "internal error", code="internal_error")
-            return replace(
-                job, status="failed", completed_at=self.clock.now(), error=internal.body()["error"]
-            )
-        return replace(job, status="completed", completed_at=self.clock.now(), result=result)
+            return self._finished(job, "failed", error=internal.body()["error"])
+        return self._finished(job, "completed", result=result)
+
+    def _finished(self, job: JobRecord, status: str, **fields) -> JobRecord:
+        # The request (with any uploaded images) is not needed once nobody will run it again.
+        return replace(job, status=status, completed_at=self.clock.now(), request=b"", **fields)
 
     async def _keep_lease(self, delivery: Delivery) -> None:
         while True:
