@@ -155,6 +155,8 @@ class JobService:
 
     async def _work(self) -> None:
         while not self._stopping:
+            # Cleared before looking, so a submit that lands while we look still wakes us.
+            self._wake.clear()
             try:
                 delivery = await self.queue.claim(QUEUE_KIND, self.consumer, self.lease)
             except Exception as exc:  # the queue's store is away; try again shortly
@@ -177,7 +179,6 @@ class JobService:
                 await self._idle(BACKOFF)
 
     async def _idle(self, seconds: float) -> None:
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
