@@ -18,13 +18,15 @@ import logging
 import orjson
 
 from flux_proxy.api.body import RawRequest, UploadedFile
-from flux_proxy.api.generate import generate_all
+from flux_proxy.api.generate import finish_all
 from flux_proxy.api.parse import ImageRequest, build_image_request
-from flux_proxy.api.render import Outcome, images_body
+from flux_proxy.api.render import images_body
 from flux_proxy.logs import log_event
 from flux_proxy.store.base import JobRecord
+from flux_proxy.work.cache import CachePolicy
 from flux_proxy.work.jobs import JobService
 from flux_proxy.work.queue import open_queue
+from flux_proxy.work.results import WorkResult
 
 GENERATION = "image.generation"
 EDIT = "image.edit"
@@ -57,11 +59,18 @@ def decode_request(data: bytes) -> RawRequest:
     return RawRequest(value["fields"], files, is_form=value["is_form"])
 
 
-async def produce(svc, image_request: ImageRequest, request_id: str, owner: str) -> Outcome:
-    """The one place a job reaches for images. Today the images handler's own path
-    (`generate_all` over the pool); the work layer's entry point replaces it here (`owner` is
-    the job's `Caller.name`, for what the work layer keys by caller)."""
-    return await generate_all(svc.pool, image_request, request_id)
+async def produce(svc, image_request: ImageRequest, job: JobRecord) -> WorkResult:
+    """The one place a job reaches for images: the work layer's entry point, with what the
+    submitting request asked of it (Idempotency-Key, SDK retry, cache policy)."""
+    meta = job.meta
+    return await svc.work.produce(
+        image_request,
+        caller=job.owner,
+        request_id=meta.get("request_id") or job.id,
+        idempotency_key=meta.get("idempotency_key"),
+        sdk_retry=bool(meta.get("sdk_retry")),
+        cache=CachePolicy(meta.get("cache") or CachePolicy.USE),
+    )
 
 
 def image_job_runner(svc):
@@ -70,12 +79,13 @@ def image_job_runner(svc):
     async def run(job: JobRecord) -> bytes:
         raw = decode_request(job.request)
         image_request = await build_image_request(raw, svc.settings, edit=job.kind == EDIT)
-        request_id = job.meta.get("request_id") or job.id
-        outcome = await produce(svc, image_request, request_id, job.owner)
+        result = await produce(svc, image_request, job)
+        outcome = await finish_all(result, image_request)
         body = await images_body(
             outcome,
             image_request,
-            created=int(svc.clock.now()),
+            created=result.created,
+            result_id=result.id,
             image_store=svc.images,
             base_url=job.meta.get("base_url", ""),
         )

@@ -64,9 +64,11 @@ def _job_response(job: JobRecord, status: int = 200, headers: dict | None = None
 
 
 async def submit_image_job(
-    request: Request, raw: RawRequest, image_request: ImageRequest, *, edit: bool
+    request: Request, raw: RawRequest, image_request: ImageRequest, options: dict, *, edit: bool
 ) -> Response:
-    """Queue an already validated images request; answer 202 with the queued job."""
+    """Queue an already validated images request; answer 202 with the queued job. `options`
+    are the work layer's (`work_options`): an Idempotency-Key, an SDK retry and the cache
+    policy travel with the job to its `produce` call."""
     svc = request.app.state.services
     if image_request.stream:
         raise invalid(
@@ -77,13 +79,16 @@ async def submit_image_job(
     needs_base = image_request.response_format != "b64_json"  # URL entries are absolute
     base_url = base_url_for(request, svc.settings) if needs_base else ""
     job = await svc.jobs.submit(
-        owner=caller_of(request.scope).name,
+        owner=options.get("caller") or caller_of(request.scope).name,
         kind=EDIT if edit else GENERATION,
         request=encode_request(raw),
         meta={
             "model": image_request.job.model.short_name,
             "base_url": base_url,
             "request_id": request.scope["state"]["request_id"],
+            "idempotency_key": options.get("idempotency_key"),
+            "sdk_retry": bool(options.get("sdk_retry")),
+            "cache": str(options.get("cache") or "use"),
         },
     )
     note(request.scope, job_id=job.id, respond_async=True)
