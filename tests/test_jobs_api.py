@@ -258,3 +258,28 @@ def wait_for_status_as(http: httpx.Client, path: str, who: str, deadline=30.0):
         if job["status"] in ("completed", "failed") or time.monotonic() > end:
             return job
         time.sleep(0.05)
+
+
+def test_a_resent_async_post_with_the_same_idempotency_key_pays_once(http, emulator):
+    # A 202 lost on the way back and the POST sent again: two jobs, one upstream call.
+    headers = {**ASYNC, "Idempotency-Key": "order-1234"}
+    body = {"prompt": "one image only", "response_format": "b64_json"}
+    first = http.post("/v1/images/generations", json=body, headers=headers).json()
+    second = http.post("/v1/images/generations", json=body, headers=headers).json()
+    assert first["id"] != second["id"]
+    done = [wait_for_status(http, j["id"], {"completed", "failed"}) for j in (first, second)]
+    assert [j["status"] for j in done] == ["completed", "completed"], done
+    assert done[0]["result"]["id"] == done[1]["result"]["id"]
+    assert done[0]["result"]["data"] == done[1]["result"]["data"]
+    assert len(emulator.calls()) == 1
+
+
+def test_an_invalid_idempotency_key_is_refused_before_queueing(http, emulator):
+    response = http.post(
+        "/v1/images/generations",
+        json={"prompt": "x"},
+        headers={**ASYNC, "Idempotency-Key": "k" * 300},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "Idempotency-Key"
+    assert emulator.calls() == []
