@@ -94,6 +94,8 @@ def test_a_url_job_answers_with_a_url_that_serves_the_image(proxy, http):
     assert len(urls) == 2 and all(u.startswith(proxy.url + "/v1/images/files/") for u in urls)
     image = httpx.get(urls[0], timeout=10)
     assert image.status_code == 200 and image.headers["content-type"].startswith("image/")
+    jobs = httpx.get(proxy.url + "/health", timeout=10).json()["jobs"]
+    assert jobs == {"ok": True, "backend": "memory", "pending": 0, "workers": 4}
 
 
 def test_an_edit_job_with_an_uploaded_image_completes(http, png, emulator):

@@ -212,6 +212,8 @@ async def health(request: Request) -> Response:
     }
     if svc.work is not None:
         body["cache"] = await svc.work.cache.stats()
+    if svc.jobs is not None:
+        body["jobs"] = await svc.jobs.stats()
     return json_response(body, 200 if status == "ok" else 503)
 
 

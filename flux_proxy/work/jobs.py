@@ -16,6 +16,7 @@ API:
     await service.start() / await service.stop(grace)   # the app's lifespan does this
     await service.submit(owner=, kind=, request=, meta=) -> JobRecord   (status "queued")
     await service.get(job_id) -> JobRecord | None
+    await service.stats() -> {"ok", "backend", "pending", "workers"}   (for /health)
     await service.cancel(job_id) -> JobRecord | None
         None: unknown. A queued job becomes "cancelled" (cancelling one twice is fine);
         any other raises ApiError 409 `job_not_cancellable` (its call may have been sent).
@@ -131,6 +132,15 @@ class JobService:
             + ("; its call may already have been sent upstream" if not job.final else ""),
             code="job_not_cancellable",
         )
+
+    async def stats(self) -> dict:
+        """For /health: jobs waiting or running in the queue (all replicas), this process's
+        workers, and whether the queue answers."""
+        try:
+            pending = await self.queue.depth(QUEUE_KIND)
+        except Exception as exc:
+            return {"ok": False, "detail": f"queue unavailable ({type(exc).__name__})"}
+        return {"ok": True, "backend": self.queue.name, "pending": pending, "workers": self.workers}
 
     # --- workers ----------------------------------------------------------------------------
     async def start(self) -> None:
