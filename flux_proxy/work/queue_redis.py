@@ -9,7 +9,7 @@
 - `release`: the same, with an idle time far past any lease, so the next `XAUTOCLAIM` takes it.
 - `ack`: `XACK` and `XDEL` in one transaction, so the stream holds only unfinished entries.
 
-Idle time is Redis's own clock (milliseconds), so leases here are real seconds, whatever
+Needs Redis >= 6.2 (`XAUTOCLAIM`). Idle time is Redis's own clock (milliseconds), so leases here are real seconds, whatever
 clock the app was given. Consumers should have names unique per process.
 """
 
@@ -104,9 +104,11 @@ class RedisQueue:
         while True:
             # XAUTOCLAIM scans a bounded slice of the pending list per call; follow the cursor
             # until it wraps to 0-0 so a stale entry behind many live ones is still found.
-            cursor, claimed, deleted = await client.xautoclaim(
+            reply = await client.xautoclaim(
                 stream, GROUP, consumer, lease_ms, start_id=cursor, count=1
             )
+            cursor, claimed = reply[0], reply[1]
+            deleted = reply[2] if len(reply) > 2 else []  # Redis 7 lists vanished entries
             if deleted:  # pending ids whose entries are gone: nothing left to do for them
                 await client.xack(stream, GROUP, *deleted)
             if claimed:
