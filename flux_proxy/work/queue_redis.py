@@ -9,8 +9,9 @@
 - `release`: the same, with an idle time far past any lease, so the next `XAUTOCLAIM` takes it.
 - `ack`: `XACK` and `XDEL` in one transaction, so the stream holds only unfinished entries.
 
-Needs Redis >= 6.2 (`XAUTOCLAIM`). Idle time is Redis's own clock (milliseconds), so leases here are real seconds, whatever
-clock the app was given. Consumers should have names unique per process.
+Needs Redis >= 6.2 (`XAUTOCLAIM`). Idle time is Redis's own clock (milliseconds), so leases
+here are real seconds, whatever clock the app was given. Consumers should have names unique
+per process.
 """
 
 from __future__ import annotations
