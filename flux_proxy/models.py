@@ -125,7 +125,9 @@ class ModelSpec:
     description: str
     body: BodyFormat
     answer: AnswerFormat
-    answer_mime: str | None  # what raw answers are; base64 answers are sniffed from the bytes
+    # what raw answers are documented as (the emulator draws it); every answer is typed by sniffing
+    # its bytes, since the label is not always true (SDXL-lightning)
+    answer_mime: str | None
     pricing: Pricing
     typical_seconds: float  # for progress bars; a guess at 1024x1024 with default steps
     # size
