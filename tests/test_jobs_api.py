@@ -285,3 +285,17 @@ def test_an_invalid_idempotency_key_is_refused_before_queueing(http, emulator):
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "Idempotency-Key"
     assert emulator.calls() == []
+
+
+def test_a_job_that_cannot_be_made_fails_with_the_openai_error(http, emulator):
+    # Every account says its daily allocation is spent: the job fails, it does not hang.
+    emulator.fault(account=None, status=429, code=3036)
+    made = http.post(
+        "/v1/images/generations", json={"prompt": "x", "response_format": "b64_json"}, headers=ASYNC
+    )
+    assert made.status_code == 202
+    job = wait_for_status(http, made.json()["id"], {"completed", "failed"})
+    assert job["status"] == "failed"
+    assert job["result"] is None and job["completed_at"] is not None
+    assert set(job["error"]) == {"message", "type", "param", "code"}
+    assert job["error"]["type"] == "rate_limit_error"
