@@ -299,3 +299,15 @@ def test_a_job_that_cannot_be_made_fails_with_the_openai_error(http, emulator):
     assert job["result"] is None and job["completed_at"] is not None
     assert set(job["error"]) == {"message", "type", "param", "code"}
     assert job["error"]["type"] == "rate_limit_error"
+
+
+def test_a_finished_job_is_forgotten_after_its_result_ttl(proxy, http):
+    made = http.post(
+        "/v1/images/generations", json={"prompt": "x", "response_format": "b64_json"}, headers=ASYNC
+    ).json()
+    assert wait_for_status(http, made["id"], {"completed"})["status"] == "completed"
+    proxy.clock.advance(proxy.settings.job_result_ttl_seconds - 1)
+    assert http.get(f"/v1/images/jobs/{made['id']}").status_code == 200
+    proxy.clock.advance(2)
+    gone = http.get(f"/v1/images/jobs/{made['id']}")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "job_not_found"
