@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -22,6 +21,7 @@ from flux_proxy.api.generate import generate_all
 from flux_proxy.api.middleware import note
 from flux_proxy.api.model_lookup import lookup_model
 from flux_proxy.api.parse import build_image_request
+from flux_proxy.api.pool_seam import ImagePool
 from flux_proxy.api.render import FILES_PATH, base_url_for, images_body, json_response
 from flux_proxy.api.stream import image_events, stream_response
 from flux_proxy.clock import Clock
@@ -44,7 +44,7 @@ class Services:
     settings: Settings
     clock: Clock
     store: StateStore
-    pool: Any  # AccountPool, or a stand-in with the same methods
+    pool: ImagePool
     images: ImageStore
     metrics: Metrics
 
