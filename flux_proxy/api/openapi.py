@@ -127,11 +127,14 @@ def form_schema(fields: type[BaseModel], files: type[BaseModel] | None) -> dict[
         text = _as_form_text(prop)
         if text is not None:
             properties[name] = text
+    required = list(schema.get("required", []))
     if files is not None:
-        properties.update(declared_schema(files).get("properties", {}))
+        parts = declared_schema(files)
+        properties.update(parts.get("properties", {}))
+        required += parts.get("required", [])
     form: dict[str, Any] = {"type": "object", "properties": properties}
-    if schema.get("required"):
-        form["required"] = schema["required"]
+    if required:
+        form["required"] = required
     if schema.get("description"):
         form["description"] = schema["description"]
     return form

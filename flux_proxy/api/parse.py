@@ -125,6 +125,18 @@ async def assemble(
         )
     if mask is not None and not pending:
         raise invalid("a mask needs the image it applies to", param="image")
+    if model.requires_reference and not pending:
+        raise invalid(
+            f"{model.short_name} changes an image: send one (images, or image in an edit)",
+            param="image",
+            code="missing_required_parameter",
+        )
+    if model.requires_mask and mask is None:
+        raise invalid(
+            f"{model.short_name} repaints where a mask says: send one with the image",
+            param="mask",
+            code="missing_required_parameter",
+        )
     _check_image_count(pending, model)
     references = await prepare_references(pending, model)
     job_mask = await _prepared_mask(mask, pending, references) if mask is not None else None
