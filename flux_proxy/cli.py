@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from flux_proxy.catalogue_check import COMMAND as MODELS_COMMAND
 from flux_proxy.settings import EXIT_CONFIG, ConfigError, config_failure, load_settings
 
 _NO_KEY = """\
@@ -143,6 +144,7 @@ COMMANDS: dict[str, Command] = {
         lambda parser: None,
         check,
     ),
+    "models": MODELS_COMMAND,
 }
 
 

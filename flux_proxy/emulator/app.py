@@ -280,6 +280,8 @@ async def _unexpected_errors(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
+    except CloudflareError as error:  # an error answer raised by a handler
+        return error.response()
     except web.HTTPException as error:
         if request.path.startswith(API_PREFIX) and error.status >= 400:
             code = _HTTP_ERROR_CODES.get(error.status, 7000)
