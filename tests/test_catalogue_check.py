@@ -201,9 +201,73 @@ FLUX2_DEV_CATALOGUE_FILE = {  # flux-2-dev.json: a stray "required" among the pr
 }
 
 
+PHOENIX_CATALOGUE_FILE = {  # phoenix-1.0.json
+    "input": {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1},
+            "guidance": {"type": "number", "default": 2, "minimum": 2, "maximum": 10},
+            "seed": {"type": "integer", "minimum": 0},
+            "height": {"type": "integer", "minimum": 0, "maximum": 2048, "default": 1024},
+            "width": {"type": "integer", "minimum": 0, "maximum": 2048, "default": 1024},
+            "num_steps": {"type": "integer", "default": 25, "minimum": 1, "maximum": 50},
+            "negative_prompt": {"type": "string", "minLength": 1},
+        },
+        "required": ["prompt"],
+    },
+    "output": {"type": "string", "contentType": "image/jpeg", "format": "binary"},
+}
+SCHNELL_CATALOGUE_FILE = {  # flux-1-schnell.json
+    "input": {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1, "maxLength": 2048},
+            "steps": {"type": "integer", "maximum": 8},
+        },
+        "required": ["prompt"],
+        "additionalProperties": False,
+    },
+    "output": {"type": "object", "contentType": "application/json"},
+}
+_BYTES = {"type": "array", "items": {"type": "number"}}
+STABLE_DIFFUSION_CATALOGUE_FILE = {  # the five SD files share this input schema
+    "input": {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1},
+            "negative_prompt": {"type": "string"},
+            "height": {"type": "integer", "minimum": 256, "maximum": 2048},
+            "width": {"type": "integer", "minimum": 256, "maximum": 2048},
+            "image": _BYTES,
+            "image_b64": {"type": "string"},
+            "mask": _BYTES,
+            "num_steps": {"type": "integer", "default": 20, "maximum": 20},
+            "strength": {"type": "number", "default": 1},
+            "guidance": {"type": "number", "default": 7.5},
+            "seed": {"type": "integer"},
+        },
+        "required": ["prompt"],
+    },
+    "output": {"type": "string", "contentType": "image/png", "format": "binary"},
+}
+SD_MODELS = [
+    "stable-diffusion-xl-base-1.0",
+    "stable-diffusion-xl-lightning",
+    "dreamshaper-8-lcm",
+    "stable-diffusion-v1-5-img2img",
+    "stable-diffusion-v1-5-inpainting",
+]
+
+
 @pytest.mark.parametrize(
     ("model", "published"),
-    [("lucid-origin", LUCID_CATALOGUE_FILE), ("flux-2-dev", FLUX2_DEV_CATALOGUE_FILE)],
+    [
+        ("lucid-origin", LUCID_CATALOGUE_FILE),
+        ("flux-2-dev", FLUX2_DEV_CATALOGUE_FILE),
+        ("phoenix-1.0", PHOENIX_CATALOGUE_FILE),
+        ("flux-1-schnell", SCHNELL_CATALOGUE_FILE),
+        *((name, STABLE_DIFFUSION_CATALOGUE_FILE) for name in SD_MODELS),
+    ],
 )
 def test_the_table_matches_cloudflares_published_schema(model, published):
     assert compare_schema(find_model(model), published) == []

@@ -180,6 +180,10 @@ def test_models_list_names_every_model_with_created_in_seconds(openai_client):
         assert model.object == "model"
         assert 1_600_000_000 < model.created < 2_000_000_000
     assert sum(model.model_extra["default"] for model in models) == 1
+    inpainting = next(m for m in models if m.id.endswith("v1-5-inpainting")).model_extra
+    assert inpainting["requires_reference"] and inpainting["requires_mask"]
+    assert inpainting["takes_mask"] and inpainting["takes_strength"]
+    assert inpainting["max_references"] == 1
 
 
 def test_unknown_model_is_a_400_listing_what_is_served(openai_client, emulator):
