@@ -252,6 +252,12 @@ class ImageEditBody(ImageGenerationBody):
 class ImageVariationBody(ImageOptions):
     """`POST /v1/images/variations`: one image, no prompt (VARIATION_PROMPT is used)."""
 
+    model: Text | SkipJsonSchema[None] = Field(
+        None,
+        description="One of the proxy's models that takes a reference image; anything else "
+        "(dall-e-2, or none) means VARIATION_MODEL. The answer's form follows the name used.",
+    )
+
 
 # --- the files of a multipart body ------------------------------------------------------------
 
