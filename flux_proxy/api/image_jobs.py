@@ -21,6 +21,7 @@ from flux_proxy.api.body import RawRequest, UploadedFile
 from flux_proxy.api.generate import finish_all
 from flux_proxy.api.parse import ImageRequest, build_image_request
 from flux_proxy.api.render import images_body
+from flux_proxy.api.variations import build_variation_request
 from flux_proxy.logs import log_event
 from flux_proxy.store.base import JobRecord
 from flux_proxy.work.cache import CachePolicy
@@ -30,6 +31,20 @@ from flux_proxy.work.results import WorkResult
 
 GENERATION = "image.generation"
 EDIT = "image.edit"
+VARIATION = "image.variation"
+# How each kind of job is validated again when a worker takes it up: (builder, edit).
+BUILDERS = {
+    GENERATION: (build_image_request, False),
+    EDIT: (build_image_request, True),
+    VARIATION: (build_variation_request, True),
+}
+
+
+def job_kind(build, edit: bool) -> str:
+    """The job kind for an images request validated by `build` (`edit` as the route has it)."""
+    if build is build_variation_request:
+        return VARIATION
+    return EDIT if edit else GENERATION
 
 
 def encode_request(raw: RawRequest) -> bytes:
@@ -78,7 +93,8 @@ def image_job_runner(svc):
 
     async def run(job: JobRecord) -> bytes:
         raw = decode_request(job.request)
-        image_request = await build_image_request(raw, svc.settings, edit=job.kind == EDIT)
+        build, edit = BUILDERS[job.kind]
+        image_request = await build(raw, svc.settings, edit=edit)
         result = await produce(svc, image_request, job)
         outcome = await finish_all(result, image_request)
         body = await images_body(
@@ -119,8 +135,8 @@ async def start_jobs(svc, stack: contextlib.AsyncExitStack) -> JobService:
         result_ttl=settings.job_result_ttl_seconds,
     )
     runner = image_job_runner(svc)
-    service.register(GENERATION, runner)
-    service.register(EDIT, runner)
+    for kind in BUILDERS:
+        service.register(kind, runner)
     await service.start()
     stack.push_async_callback(service.stop, settings.shutdown_grace_seconds)
     return service

@@ -17,9 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from flux_proxy.api import openapi
 from flux_proxy.api.body import RawRequest
 from flux_proxy.api.caller import caller_of
-from flux_proxy.api.image_jobs import EDIT, GENERATION, encode_request
+from flux_proxy.api.image_jobs import encode_request, job_kind
 from flux_proxy.api.middleware import note
 from flux_proxy.api.parse import ImageRequest
 from flux_proxy.api.render import base_url_for
@@ -64,11 +65,18 @@ def _job_response(job: JobRecord, status: int = 200, headers: dict | None = None
 
 
 async def submit_image_job(
-    request: Request, raw: RawRequest, image_request: ImageRequest, options: dict, *, edit: bool
+    request: Request,
+    raw: RawRequest,
+    image_request: ImageRequest,
+    options: dict,
+    *,
+    edit: bool,
+    build,
 ) -> Response:
     """Queue an already validated images request; answer 202 with the queued job. `options`
     are the work layer's (`work_options`): an Idempotency-Key, an SDK retry and the cache
-    policy travel with the job to its `produce` call."""
+    policy travel with the job to its `produce` call. `build` is the validator the route used
+    (generations and edits, or variations); the worker validates again with the same one."""
     svc = request.app.state.services
     if image_request.stream:
         raise invalid(
@@ -80,7 +88,7 @@ async def submit_image_job(
     base_url = base_url_for(request, svc.settings) if needs_base else ""
     job = await svc.jobs.submit(
         owner=options.get("caller") or caller_of(request.scope).name,
-        kind=EDIT if edit else GENERATION,
+        kind=job_kind(build, edit),
         request=encode_request(raw),
         meta={
             "model": image_request.job.model.short_name,
@@ -125,3 +133,60 @@ def job_routes() -> list[BaseRoute]:
         Route(JOBS_PATH + "{job_id}", get_job, methods=["GET"]),
         Route(JOBS_PATH + "{job_id}", cancel_job, methods=["DELETE"]),
     ]
+
+
+# --- /openapi.json ---------------------------------------------------------------------------
+_JOB = openapi.add_schema(
+    "ImageJob",
+    {
+        "type": "object",
+        "required": ["id", "object", "status", "created_at", "completed_at", "result", "error"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^imgjob_"},
+            "object": {"const": "image.job"},
+            "status": {"enum": ["queued", "in_progress", "completed", "failed", "cancelled"]},
+            "created_at": {"type": "integer"},
+            "completed_at": {"type": ["integer", "null"]},
+            "result": {
+                "anyOf": [openapi.ref("ImagesResponse"), {"type": "null"}],
+                "description": "The ImagesResponse, once completed, in the request's own "
+                "response_format.",
+            },
+            "error": {
+                "type": ["object", "null"],
+                "description": "The OpenAI error object, once failed.",
+            },
+        },
+    },
+)
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_ASYNC_NOTE = (
+    "Jobs are made by sending `Prefer: respond-async` with POST /v1/images/generations, "
+    "/v1/images/edits or /v1/images/variations: the request is validated, then answered 202 "
+    "with this job object and a `Location` to poll. Only the key that made a job reads it "
+    "(others get 404; admin keys read all)."
+)
+openapi.add_operation(
+    JOBS_PATH + "{job_id}",
+    "get",
+    openapi.operation(
+        "retrieveImageJob",
+        "Poll an async image job",
+        description=_ASYNC_NOTE,
+        ok=openapi.json_ok("The job.", _JOB),
+        errors_=("401", "404"),
+    )
+    | {"parameters": [_JOB_ID]},
+)
+openapi.add_operation(
+    JOBS_PATH + "{job_id}",
+    "delete",
+    openapi.operation(
+        "cancelImageJob",
+        "Cancel an async image job that is still queued",
+        description="409 once the job is in progress (its call may have been sent) or done.",
+        ok=openapi.json_ok("The cancelled job.", _JOB),
+        errors_=("401", "404", "409"),
+    )
+    | {"parameters": [_JOB_ID]},
+)
