@@ -311,3 +311,25 @@ def test_a_finished_job_is_forgotten_after_its_result_ttl(proxy, http):
     proxy.clock.advance(2)
     gone = http.get(f"/v1/images/jobs/{made['id']}")
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "job_not_found"
+
+
+def test_a_variation_job_is_made_as_a_variation(http, png, emulator):
+    response = http.post(
+        "/v1/images/variations",
+        data={"response_format": "b64_json"},
+        files={"image": ("in.png", png(64, 64), "image/png")},
+        headers=ASYNC,
+    )
+    assert response.status_code == 202, response.text
+    job = wait_for_status(http, response.json()["id"], {"completed", "failed"})
+    assert job["status"] == "completed", job
+    assert len(emulator.calls()) == 1
+    sync = http.post(
+        "/v1/images/variations",
+        data={"response_format": "b64_json"},
+        files={"image": ("in.png", png(64, 64), "image/png")},
+    )
+    assert sync.status_code == 200
+    # The worker validated it as a variation: the same prompt went upstream both times.
+    prompts = [call["fields"].get("prompt") for call in emulator.calls()]
+    assert prompts[0] == prompts[1] and prompts[0]
