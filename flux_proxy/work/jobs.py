@@ -52,6 +52,7 @@ RUNNABLE = frozenset({"queued", "in_progress"})
 IN_PROGRESS = frozenset({"in_progress"})
 POLL_INTERVAL = 1.0  # how often an idle worker looks for entries other processes put
 BACKOFF = 2.0  # after the queue itself failed (Redis away)
+RECORD_ATTEMPTS = 5  # tries to record a finished job before leaving it to the lease
 
 
 def new_job_id() -> str:
@@ -219,11 +220,25 @@ class JobService:
         keeper = asyncio.create_task(self._keep_lease(delivery))
         try:
             finished = await self._run(runner, started)
+            # Still holding the lease: an image that is made (and paid) must not be made
+            # again because the store hiccuped once while it was being recorded.
+            if await self._record(finished):
+                self._count(finished.status)
         finally:
             keeper.cancel()
-        if await self.store.swap_job(finished, IN_PROGRESS, self.result_ttl):
-            self._count(finished.status)
         await self.queue.ack(delivery)
+
+    async def _record(self, finished: JobRecord) -> bool:
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                return await self.store.swap_job(finished, IN_PROGRESS, self.result_ttl)
+            except Exception as exc:
+                if attempt == RECORD_ATTEMPTS - 1:
+                    raise
+                error = type(exc).__name__
+                log_event("job_record_retry", logging.WARNING, job_id=finished.id, error=error)
+                await asyncio.sleep(BACKOFF)
+        return False
 
     async def _run(self, runner: JobRunner, job: JobRecord) -> JobRecord:
         try:
