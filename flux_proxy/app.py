@@ -101,8 +101,22 @@ def create_app(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                allow_headers=["authorization", "content-type", "x-request-id", "prefer"],
-                expose_headers=["x-request-id", "retry-after", "location", "preference-applied"],
+                allow_headers=[
+                    "authorization",
+                    "content-type",
+                    "x-request-id",
+                    "idempotency-key",
+                    "cache-control",
+                    "prefer",
+                ],
+                expose_headers=[
+                    "x-request-id",
+                    "retry-after",
+                    "x-flux-cache",
+                    "x-flux-replayed",
+                    "location",
+                    "preference-applied",
+                ],
                 max_age=600,
             )
         )
