@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from flux_proxy.api.image_jobs import start_jobs
 from flux_proxy.api.middleware import ApiKeyMiddleware, RequestContextMiddleware
 from flux_proxy.api.openapi import openapi_route
 from flux_proxy.api.render import error_response
@@ -81,6 +82,7 @@ def create_app(
             app.state.batches = open_batches(app.state.services)
             app.state.batches.runner.start()
             stack.push_async_callback(app.state.batches.runner.stop)
+            app.state.services.jobs = await start_jobs(app.state.services, stack)
             log_event(
                 "started",
                 mode="emulator" if effective.emulator else "cloudflare",
@@ -97,9 +99,9 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["authorization", "content-type", "x-request-id"],
-                expose_headers=["x-request-id", "retry-after"],
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["authorization", "content-type", "x-request-id", "prefer"],
+                expose_headers=["x-request-id", "retry-after", "location", "preference-applied"],
                 max_age=600,
             )
         )

@@ -76,6 +76,14 @@ class Metrics:
             ["model", "response_format"],
             registry=r,
         )
+        # --- async jobs ---
+        self.jobs = Counter(
+            "flux_proxy_jobs",
+            "Async jobs by what happened: submitted, completed, failed, cancelled, and resumed "
+            "(taken up again after the worker running it died; also counted in duplicate_spend)",
+            ["event"],
+            registry=r,
+        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once per label set."""

@@ -200,6 +200,15 @@ class Settings(BaseSettings):
     # accounts. It never calls Cloudflare to find out.
     batch_poll_seconds: float = Field(default=2.0, gt=0)
     batch_runner: bool = True  # False: this replica serves the API but runs no batch lines
+    # --- async jobs (Prefer: respond-async) ----------------------------------------------
+    job_workers: int = Field(default=4, ge=1)  # jobs one process runs at once
+    # A worker renews its hold on a job every third of this; a job whose process died is
+    # taken up again by another (or the restarted one) this long after its last renewal.
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    # How long a finished job (and its images, when b64_json) can still be collected. Its own
+    # setting, not RESULT_TTL_SECONDS: whoever polls a job may come back much later than an
+    # SDK retry does.
+    job_result_ttl_seconds: float = Field(default=900.0, gt=0)
 
     @classmethod
     def settings_customise_sources(

@@ -19,6 +19,7 @@ from flux_proxy import __version__
 from flux_proxy.api.body import read_request
 from flux_proxy.api.disconnect import unless_disconnected
 from flux_proxy.api.generate import generate_all
+from flux_proxy.api.jobs import job_routes, submit_image_job, wants_async
 from flux_proxy.api.middleware import note
 from flux_proxy.api.model_lookup import lookup_model
 from flux_proxy.api.parse import build_image_request
@@ -47,6 +48,7 @@ class Services:
     pool: Any  # AccountPool, or a stand-in with the same methods
     images: ImageStore
     metrics: Metrics
+    jobs: Any = None  # JobService (work/jobs.py), started by the app's lifespan
 
 
 def services(request: Request) -> Services:
@@ -78,6 +80,8 @@ async def _images(request: Request, *, edit: bool) -> Response:
     note(request.scope, model=image_request.job.model.short_name, n=image_request.n)
     if settings.log_prompts:
         log_event("prompt", request_id=request_id, prompt=image_request.prompt_text)
+    if wants_async(request):
+        return await submit_image_job(request, raw, image_request, edit=edit)
 
     if image_request.stream:
         # From here on the answer is a 200 event stream; failures become error events.
@@ -263,4 +267,5 @@ def routes() -> list[BaseRoute]:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/", index, methods=["GET", "HEAD"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+        *job_routes(),
     ]

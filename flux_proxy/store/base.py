@@ -7,7 +7,7 @@ store speak only this interface.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 BlockKind = Literal["parked", "cooling", "disabled"]
@@ -55,6 +55,40 @@ class Reservation:
     account: str
     day: str  # the UTC day the call is billed to
     amount: float
+
+
+# --- jobs ----------------------------------------------------------------------------------
+JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+FINAL_JOB_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One durable unit of work somebody asked for and may come back for (an async image job,
+    a batch line). Stores keep it whole and never look inside `request`, `meta` or `result`.
+
+    `status` moves queued -> in_progress -> completed | failed, or queued -> cancelled; an
+    in_progress job whose worker died goes in_progress -> in_progress again (`attempts` + 1).
+    Every change is a compare-and-set (`StateStore.swap_job`), so two replicas never both move
+    the same job.
+    """
+
+    id: str
+    owner: str  # `Caller.name` of whoever made it; reads check `Caller.owns(owner)`
+    kind: str  # which entry point made it, e.g. "image.generation", "image.edit"
+    status: JobStatus
+    created_at: float  # Unix seconds, from the injected clock
+    request: bytes = b""  # the entry point's input, opaque to the store
+    meta: dict = field(default_factory=dict)  # small JSON-able facts (model, base URL, ...)
+    started_at: float | None = None  # last time a worker took it up
+    completed_at: float | None = None  # when it reached a final status
+    result: bytes | None = None  # opaque (for images: the rendered ImagesResponse JSON)
+    error: dict | None = None  # the OpenAI error object once failed
+    attempts: int = 0  # times a worker started it; > 1 means a worker died mid-job
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_JOB_STATUSES
 
 
 class StateStore(Protocol):
@@ -112,6 +146,21 @@ class StateStore(Protocol):
 
     async def get_blob(self, key: str) -> tuple[bytes, str] | None:
         """The blob and its content type, or None when missing or expired."""
+        ...
+
+    # --- jobs ------------------------------------------------------------------------------
+    async def put_job(self, job: JobRecord, ttl: float) -> None:
+        """Create (or overwrite) `job`; it is forgotten `ttl` seconds from now."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        """The job, or None when unknown or expired."""
+        ...
+
+    async def swap_job(self, job: JobRecord, expect: frozenset[str], ttl: float) -> bool:
+        """Replace the stored job with the same id by `job` only if the stored one exists, has
+        not expired and its status is in `expect` (compare-and-set); its expiry becomes `ttl`
+        seconds from now. True when replaced, False (nothing changed) otherwise."""
         ...
 
     # --- health ------------------------------------------------------------------------------

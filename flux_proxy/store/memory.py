@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from flux_proxy.clock import Clock
 from flux_proxy.store.base import (
     Block,
+    JobRecord,
     LineClaim,
     Reservation,
     Usage,
@@ -33,6 +34,7 @@ class MemoryStore:
         self._docs: dict[tuple[str, str], dict] = {}
         self._lines: dict[str, list[_Line]] = {}
         self._line_counts: dict[str, dict] = {}
+        self._jobs: dict[str, tuple[JobRecord, float]] = {}  # id -> (job, expires_at)
 
     async def open(self) -> None:
         return None
@@ -103,6 +105,28 @@ class MemoryStore:
         if item is None or item[2] <= self._clock.now():
             return None
         return item[0], item[1]
+
+    # --- jobs ---
+    async def put_job(self, job: JobRecord, ttl: float) -> None:
+        now = self._clock.now()
+        for job_id, (_, expires) in list(self._jobs.items()):
+            if expires <= now:
+                del self._jobs[job_id]
+        self._jobs[job.id] = (job, now + ttl)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        item = self._jobs.get(job_id)
+        if item is None or item[1] <= self._clock.now():
+            return None
+        return item[0]
+
+    async def swap_job(self, job: JobRecord, expect: frozenset[str], ttl: float) -> bool:
+        async with self._lock:
+            current = await self.get_job(job.id)
+            if current is None or current.status not in expect:
+                return False
+            self._jobs[job.id] = (job, self._clock.now() + ttl)
+            return True
 
     async def status(self) -> dict:
         return {"backend": self.name, "ok": True, "detail": "in-process; forgotten on restart"}

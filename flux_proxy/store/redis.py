@@ -5,6 +5,7 @@ Keys (all under the configured prefix, all with a TTL so nothing grows forever):
 - `{prefix}usage:{account}:{day}` settled neurons (INCRBYFLOAT); 3 days
 - `{prefix}res:{account}:{day}`   hash id -> "amount expires_at" of held reservations
 - `{prefix}blob:{key}`            hash data/type/expires_at; the blob's ttl
+- `{prefix}job:{id}`              hash status/head/request/result/expires_at; the job's ttl
 
 Budget checks run as Lua scripts, so check-and-reserve is one atomic step across replicas.
 Time comes from the injected clock, passed into the scripts, not from Redis TIME: replicas
@@ -28,12 +29,14 @@ from redis.exceptions import ResponseError, WatchError
 from flux_proxy.clock import Clock
 from flux_proxy.store.base import (
     Block,
+    JobRecord,
     LineClaim,
     Reservation,
     Usage,
     doc_matches,
     empty_line_counts,
 )
+from flux_proxy.store.job_codec import job_from_parts, job_head
 
 USAGE_TTL = 3 * 86400
 OPEN_BLOCK_TTL = 30 * 86400  # a block with no end (disabled) is still forgotten eventually
@@ -68,6 +71,29 @@ return 1
 _SETTLE = """
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# Jobs: replace the hash only if it is there, unexpired, and in one of the expected statuses.
+# ARGV: now, expires_at, ttl seconds, status, head, request, result ('' = none), expected...
+_SWAP_JOB = """
+local current = redis.call('HMGET', KEYS[1], 'status', 'expires_at')
+if not current[1] or tonumber(current[2]) <= tonumber(ARGV[1]) then
+  return 0
+end
+local expected = false
+for i = 8, #ARGV do
+  if ARGV[i] == current[1] then expected = true end
+end
+if not expected then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[4], 'head', ARGV[5], 'request', ARGV[6],
+           'expires_at', ARGV[2])
+if ARGV[7] == '' then
+  redis.call('HDEL', KEYS[1], 'result')
+else
+  redis.call('HSET', KEYS[1], 'result', ARGV[7])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
@@ -149,6 +175,7 @@ class RedisStore:
         self._settle: AsyncScript | None = None
         self._finish_line: AsyncScript | None = None
         self._release_line: AsyncScript | None = None
+        self._swap_job: AsyncScript | None = None
 
     @property
     def safe_url(self) -> str:
@@ -187,6 +214,7 @@ class RedisStore:
             self._settle = self._redis.register_script(_SETTLE)
             self._finish_line = self._redis.register_script(_FINISH_LINE)
             self._release_line = self._redis.register_script(_RELEASE_LINE)
+            self._swap_job = self._redis.register_script(_SWAP_JOB)
         await self.ping()
 
     async def close(self) -> None:
@@ -304,6 +332,54 @@ class RedisStore:
         if data is None or expires_at is None or float(expires_at) <= self.clock.now():
             return None
         return data, content_type.decode()
+
+    # --- jobs ---
+    async def put_job(self, job: JobRecord, ttl: float) -> None:
+        name = self._key("job", job.id)
+        fields = {
+            "status": job.status,
+            "head": job_head(job),
+            "request": job.request,
+            "expires_at": _num(self.clock.now() + ttl),
+        }
+        if job.result is not None:
+            fields["result"] = job.result
+        async with self._client().pipeline(transaction=True) as pipe:
+            pipe.delete(name)
+            pipe.hset(name, mapping=fields)
+            pipe.expire(name, _seconds(ttl))
+            await pipe.execute()
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        head, request, result, expires_at = await self._client().hmget(
+            self._key("job", job_id), ["head", "request", "result", "expires_at"]
+        )
+        if head is None or expires_at is None or float(expires_at) <= self.clock.now():
+            return None
+        return job_from_parts(head, request, result)
+
+    async def swap_job(self, job: JobRecord, expect: frozenset[str], ttl: float) -> bool:
+        if not expect:
+            return False
+        self._client()
+        assert self._swap_job is not None
+        now = self.clock.now()
+        if job.result == b"":
+            raise ValueError("an empty result cannot be stored; use None")
+        done = await self._swap_job(
+            keys=[self._key("job", job.id)],
+            args=[
+                _num(now),
+                _num(now + ttl),
+                _seconds(ttl),
+                job.status,
+                job_head(job),
+                job.request,
+                job.result if job.result is not None else "",
+                *sorted(expect),
+            ],
+        )
+        return int(done) == 1
 
     # --- health -----------------------------------------------------------------------------
     @property

@@ -29,12 +29,14 @@ from typing import Any, TypeVar
 from flux_proxy.clock import Clock, utc_day
 from flux_proxy.store.base import (
     Block,
+    JobRecord,
     LineClaim,
     Reservation,
     Usage,
     doc_matches,
     empty_line_counts,
 )
+from flux_proxy.store.job_codec import job_from_parts, job_head
 
 T = TypeVar("T")
 
@@ -74,6 +76,15 @@ CREATE TABLE IF NOT EXISTS blobs (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS blobs_by_expiry ON blobs (expires_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    head BLOB NOT NULL,
+    request BLOB NOT NULL,
+    result BLOB,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires_at);
 """
 
 # Batches and files (issue 10): documents, and each batch's lines with their claims.
@@ -311,6 +322,49 @@ class SqliteStore:
         except FileNotFoundError:
             return None
 
+    # --- jobs ---
+    async def put_job(self, job: JobRecord, ttl: float) -> None:
+        row = _job_row(job, self._clock.now() + ttl)
+        await self._run(
+            self._write,
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO jobs (id, status, head, request, result, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                row,
+            ),
+        )
+        await self._maybe_sweep()
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        def read() -> JobRecord | None:
+            found = (
+                self._db()
+                .execute(
+                    "SELECT head, request, result FROM jobs WHERE id = ? AND expires_at > ?",
+                    (job_id, self._clock.now()),
+                )
+                .fetchone()
+            )
+            return job_from_parts(*found) if found else None
+
+        return await self._run(read)
+
+    async def swap_job(self, job: JobRecord, expect: frozenset[str], ttl: float) -> bool:
+        now = self._clock.now()
+        row = _job_row(job, now + ttl)
+        statuses = sorted(expect)
+
+        def swap(conn: sqlite3.Connection) -> bool:
+            marks = ",".join("?" * len(statuses))
+            cursor = conn.execute(
+                f"UPDATE jobs SET status = ?, head = ?, request = ?, result = ?, expires_at = ? "
+                f"WHERE id = ? AND expires_at > ? AND status IN ({marks})",
+                (*row[1:], row[0], now, *statuses),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(self._write, swap) if statuses else False
+
     # --- housekeeping -----------------------------------------------------------------------
     async def _maybe_sweep(self) -> None:
         """Housekeeping piggybacks on busy calls, so no timer task is needed."""
@@ -318,7 +372,8 @@ class SqliteStore:
             await self.sweep()
 
     async def sweep(self) -> None:
-        """Delete expired blobs (rows and files), lapsed reservations and old usage days."""
+        """Delete expired blobs (rows and files), lapsed reservations, old usage days, expired
+        jobs."""
         now = self._clock.now()
         self._last_sweep = now
         await self._run(self._sweep, now)
@@ -333,6 +388,7 @@ class SqliteStore:
                 f for (f,) in conn.execute("SELECT file FROM blobs WHERE expires_at <= ?", (now,))
             ]
             conn.execute("DELETE FROM blobs WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,))
             return files
 
         for name in self._write(prune):
@@ -532,6 +588,10 @@ def _add_spend(conn: sqlite3.Connection, account: str, day: str, amount: float) 
         "ON CONFLICT (account, day) DO UPDATE SET used = used + excluded.used",
         (account, day, float(amount)),
     )
+
+
+def _job_row(job: JobRecord, expires_at: float) -> tuple:
+    return (job.id, job.status, job_head(job), job.request, job.result, expires_at)
 
 
 def _unlink(path: Path) -> None:
