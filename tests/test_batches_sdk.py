@@ -59,10 +59,21 @@ def test_a_batch_of_generations_completes_with_one_upstream_call_per_line(
     first = next(line for line in out if line["custom_id"] == "line-0")
     assert "url" not in first["response"]["body"]["data"][0]  # its response_format was b64
     others = [line for line in out if line["custom_id"] != "line-0"]
-    assert all(line["response"]["body"]["data"][0]["url"] for line in others)
+    for line in others:  # no response_format: a URL only, kept as long as the output file
+        entry = line["response"]["body"]["data"][0]
+        assert entry["url"].startswith(batch_proxy.url) and "b64_json" not in entry
     assert len(emulator.calls()) == 5
     output_file = client.files.retrieve(done.output_file_id)
     assert output_file.purpose == "batch_output"
+
+    # The URLs outlive a live answer's hour: they last as long as the output file.
+    url = others[0]["response"]["body"]["data"][0]["url"]
+    batch_proxy.clock.advance(batch_proxy.settings.image_ttl_seconds + 60)
+    assert httpx.get(url, timeout=10).status_code == 200
+    batch_proxy.clock.advance(batch_proxy.settings.batch_output_ttl)
+    assert httpx.get(url, timeout=10).status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(done.output_file_id)
 
 
 def test_files_are_listed_by_purpose_paged_and_deleted(client, png):

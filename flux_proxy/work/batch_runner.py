@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import socket
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -262,6 +263,9 @@ class BatchRunner:
                 result = _error_line(line.get("custom_id"), error.code, error.message)
                 await self._record(doc, claim, "failed", result, 0.0, request_id)
                 return
+            if request.response_format is None:
+                # URLs only by default: 500 images must not make a gigabyte of JSONL.
+                request = replace(request, response_format="url")
             body = await images_body(
                 outcome,
                 request,
