@@ -147,3 +147,41 @@ def test_at_expiry_unfinished_lines_expire_and_finished_ones_stay(emulator, make
     assert [line["error"]["code"] for line in expired] == ["batch_expired"] * 3
     assert all(line["response"] is None for line in expired)
     assert len(emulator.calls()) == 2
+
+
+def test_two_batches_take_turns_on_a_tight_budget(emulator, make_proxy, tmp_path):
+    clock = FrozenClock(_day(2026, 3, 10, 9))
+    proxy = _one_account(
+        emulator, make_proxy, tmp_path, clock, daily_neurons=4 * PRICE + 1, account_concurrency=2
+    )
+    with _client(proxy) as client:
+        first = _submit(client, 4)
+        second = _submit(client, 4)
+        _settles(emulator, 4)
+        done_first = client.batches.retrieve(first.id).request_counts.completed
+        done_second = client.batches.retrieve(second.id).request_counts.completed
+    # First come would be 4 and 0; taking turns shares the day's four images.
+    assert done_first + done_second == 4
+    assert done_second >= 1 and done_first <= 3
+
+
+def test_a_line_the_upstream_rejects_fails_alone_and_busy_accounts_are_retried(
+    emulator, make_proxy, tmp_path
+):
+    clock = FrozenClock(time.time())
+    proxy = _one_account(emulator, make_proxy, tmp_path, clock, account_concurrency=2)
+    # The first call: Cloudflare refuses the input (400 5006); the next one: rate limited.
+    emulator.fault(kind="error", status=400, code=5006, message="bad input", count=1)
+    emulator.fault(kind="error", status=429, code=971, retry_after=30, count=1)
+    with _client(proxy) as client:
+        batch = _submit(client, 3)
+        _settles(emulator, 2)  # the account cools down: the runner waits, no calls
+        assert client.batches.retrieve(batch.id).status == "in_progress"
+        clock.advance(31)  # the cool-down ends
+        done = wait_for(client, batch.id, ("completed",))
+        assert done.request_counts.completed == 2 and done.request_counts.failed == 1
+        failed = output_lines(client, done.error_file_id)
+    assert [line["error"]["code"] for line in failed] == ["upstream_rejected_input"]
+    # 3 lines: one refused, one rate limited and then made, one made.
+    assert [call["status"] for call in emulator.calls()].count(200) == 2
+    assert len(emulator.calls()) == 4
