@@ -13,9 +13,11 @@ import functools
 import hashlib
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Protocol
 
 from flux_proxy.clock import Clock, iso, next_utc_midnight, utc_day
+from flux_proxy.errors import ApiError
 from flux_proxy.job import GeneratedImage, ImageJob
 from flux_proxy.logs import log_event
 from flux_proxy.metrics import Metrics
@@ -33,6 +35,23 @@ TRANSIENT_COOLDOWN = 30.0
 
 class UpstreamClient(Protocol):
     async def run(self, account: AccountConfig, job: ImageJob) -> Attempt: ...
+
+
+@dataclass
+class CallProgress:
+    """How far one image's work has got, shared with the work layer (`flux_proxy/work/`).
+
+    A call that was sent is Workers AI working (and billing): when its caller leaves, the work
+    layer lets it run to its end instead of cancelling it, and sets `abandoned` so that no
+    further call (failover to the next account) is started for nobody."""
+
+    calling: int = 0  # upstream calls in flight now
+    sent: int = 0  # upstream calls started so far
+    abandoned: bool = False
+
+
+def caller_gone() -> ApiError:
+    return ApiError(499, "the caller left before an image was made", code="client_gone")
 
 
 def account_key(account: AccountConfig) -> str:
@@ -85,6 +104,7 @@ class AccountPool:
         job: ImageJob,
         *,
         request_id: str,
+        progress: CallProgress | None = None,
         accounts: Collection[int] | None = None,
         keep_back: float = 0.0,
     ) -> GeneratedImage:
@@ -109,10 +129,12 @@ class AccountPool:
                     break
                 if self._skip_reason(account, job, blocks, run):
                     continue
+                if progress is not None and progress.abandoned:
+                    raise caller_gone()
                 if not self.slots.try_take(account.number):
                     busy.append(account)
                     continue
-                image = await self._try(account, job, run, request_id, keep_back)
+                image = await self._try(account, job, run, request_id, progress, keep_back)
                 if image is not None:
                     return image
                 if run.deadline_hit:
@@ -192,6 +214,7 @@ class AccountPool:
         job: ImageJob,
         run: RequestTally,
         request_id: str,
+        progress: CallProgress | None = None,
         keep_back: float = 0.0,
     ) -> GeneratedImage | None:
         """One attempt on an account whose slot the caller took. Gives the slot back."""
@@ -215,7 +238,15 @@ class AccountPool:
                 run.returns.append(next_utc_midnight(now))
                 self._count_skip(number, "budget")
                 return None
-            attempt = await self._call(account, job, run)
+            if progress is None:
+                attempt = await self._call(account, job, run)
+            else:
+                progress.calling += 1
+                progress.sent += 1
+                try:
+                    attempt = await self._call(account, job, run)
+                finally:
+                    progress.calling -= 1
             if attempt.kind is OutcomeKind.SUCCESS or attempt.maybe_billed:
                 spent = attempt.neurons if attempt.neurons is not None else estimate
                 await self.store.settle(reservation, spent)

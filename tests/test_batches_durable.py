@@ -17,6 +17,10 @@ RUNNER = {
     "BATCH_POLL_SECONDS": 0.2,
     "BATCH_LINE_LEASE_SECONDS": 3,
     "ACCOUNT_CONCURRENCY": 2,  # one batch line per account at a time
+    # A line taken over from a dead runner first waits out that runner's in-flight marker
+    # (the work layer's REQUEST_DEADLINE + UPSTREAM_READ_TIMEOUT): keep it short here.
+    "REQUEST_DEADLINE": 6,
+    "UPSTREAM_READ_TIMEOUT": 3,
 }
 
 

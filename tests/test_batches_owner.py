@@ -13,6 +13,7 @@ from batch_helpers import generation_lines, jsonl
 from flux_proxy.api.caller import Caller
 from flux_proxy.clock import FrozenClock
 from flux_proxy.errors import ApiError
+from flux_proxy.metrics import Metrics
 from flux_proxy.pool import AccountPool
 from flux_proxy.settings import Settings
 from flux_proxy.store.sqlite import SqliteStore
@@ -26,6 +27,7 @@ ADMIN = Caller("master", "admin")
 class _Services:
     def __init__(self, settings, clock, store, pool):
         self.settings, self.clock, self.store, self.pool = settings, clock, store, pool
+        self.metrics = Metrics()
 
 
 @pytest.fixture

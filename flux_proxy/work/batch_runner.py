@@ -26,15 +26,16 @@ import logging
 import os
 import secrets
 import socket
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from flux_proxy.api.caller import Caller
-from flux_proxy.api.generate import generate_all
+from flux_proxy.api.generate import finish_all
 from flux_proxy.api.parse import ImageRequest
-from flux_proxy.api.render import Outcome, images_body
+from flux_proxy.api.render import images_body
 from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
@@ -55,29 +56,60 @@ from flux_proxy.work.batches import (
     request_counts,
 )
 from flux_proxy.work.files import FileStore
+from flux_proxy.work.results import WorkResult
 
 # Pool answers that mean "not now" (no account could take it): the line goes back unrun.
-RETRY_LATER = (429, 502, 503)
+RETRY_LATER = (409, 429, 502, 503)  # 409: the line's earlier work is still in flight
 FINALIZE_LEASE = 120.0
 
 
-class _AccountsOnly:
-    """The pool as one batch line sees it: only the chosen accounts, keeping the reserve."""
+# The accounts the runner chose for the line being made, and the neurons it must leave, seen
+# by `_LinePool` inside the work layer (whose tasks inherit the context).
+_LINE_LIMITS: ContextVar[tuple[tuple[int, ...], float] | None] = ContextVar(
+    "batch_line_limits", default=None
+)
 
-    def __init__(self, pool: Any, accounts: list[int], keep_back: float) -> None:
-        self._pool, self._accounts, self._keep_back = pool, accounts, keep_back
 
-    async def generate(self, job, *, request_id: str):
+class LinePool:
+    """The pool as the batch runner's work layer sees it: within a line, only the account the
+    runner chose, keeping the live reserve back; otherwise the pool itself."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    async def generate(self, job, *, request_id: str, progress=None):
+        limits = _LINE_LIMITS.get()
+        if limits is None:
+            return await self._pool.generate(job, request_id=request_id, progress=progress)
+        accounts, keep_back = limits
         return await self._pool.generate(
-            job, request_id=request_id, accounts=self._accounts, keep_back=self._keep_back
+            job, request_id=request_id, progress=progress, accounts=accounts, keep_back=keep_back
         )
 
 
 async def run_line(
-    pool: Any, image_request: ImageRequest, request_id: str, accounts: list[int], keep_back: float
-) -> Outcome:
-    """The one place a batch line reaches the pool (to be switched to the work layer)."""
-    return await generate_all(_AccountsOnly(pool, accounts, keep_back), image_request, request_id)
+    work: Any,
+    image_request: ImageRequest,
+    *,
+    caller: str,
+    request_id: str,
+    line_key: str,
+    accounts: list[int],
+    keep_back: float,
+) -> WorkResult:
+    """The one place a batch line asks for its images: through the work layer, with the line
+    as its Idempotency-Key, so a line taken over from a dead runner collects the images that
+    runner already paid for (kept RESULT_TTL_SECONDS) instead of paying again."""
+    token = _LINE_LIMITS.set((tuple(accounts), keep_back))
+    try:
+        return await work.produce(
+            image_request, caller=caller, request_id=request_id, idempotency_key=line_key
+        )
+    finally:
+        _LINE_LIMITS.reset(token)
 
 
 class BatchRunner:
@@ -90,9 +122,10 @@ class BatchRunner:
         pool: Any,
         files: FileStore,
         images: ImageStore,
+        work: Any,
     ) -> None:
         self.settings, self.clock, self.store, self.pool = settings, clock, store, pool
-        self.files, self.images = files, images
+        self.files, self.images, self.work = files, images, work
         self.worker = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._running: dict[int, int] = {}  # account number -> batch lines in flight here
         self._tasks: set[asyncio.Task] = set()
@@ -116,6 +149,7 @@ class BatchRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._loop_task = None
+        await self.work.close()
 
     def wake(self) -> None:
         """Look at the batches now (a batch was created or cancelled, a line finished)."""
@@ -253,8 +287,14 @@ class BatchRunner:
         request_id = f"batch_req_{secrets.token_hex(12)}"
         try:
             try:
-                outcome = await run_line(
-                    self.pool, request, request_id, [account], budget_reserve(self.settings)
+                result = await run_line(
+                    self.work,
+                    request,
+                    caller=doc["owner"],
+                    request_id=request_id,
+                    line_key=f"{doc['id']}:{claim.index}",
+                    accounts=[account],
+                    keep_back=budget_reserve(self.settings),
                 )
             except ApiError as error:
                 if error.status in RETRY_LATER:
@@ -266,10 +306,12 @@ class BatchRunner:
             if request.response_format is None:
                 # URLs only by default: 500 images must not make a gigabyte of JSONL.
                 request = replace(request, response_format="url")
+            outcome = await finish_all(result, request)
             body = await images_body(
                 outcome,
                 request,
-                created=int(self.clock.now()),
+                created=result.created,
+                result_id=result.id,
                 image_store=self.images,
                 base_url=doc["base_url"],
             )

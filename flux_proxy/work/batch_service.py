@@ -17,7 +17,7 @@ from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError, invalid
 from flux_proxy.image_store import ImageStore
 from flux_proxy.settings import Settings
-from flux_proxy.work.batch_runner import BatchRunner
+from flux_proxy.work.batch_runner import BatchRunner, LinePool
 from flux_proxy.work.batches import (
     ACTIVE,
     BATCH_KIND,
@@ -33,6 +33,7 @@ from flux_proxy.work.batches import (
 )
 from flux_proxy.work.file_blobs import DiskBlobs
 from flux_proxy.work.files import FileStore
+from flux_proxy.work.produce import ImageWork
 
 
 def not_found(batch_id: str) -> ApiError:
@@ -225,8 +226,17 @@ def open_batches(services: Any) -> BatchParts:
     blobs = DiskBlobs(Path(settings.data_dir) / "files", clock)
     files = FileStore(store, blobs, clock, settings)
     images = ImageStore(blobs, settings.batch_output_ttl)  # type: ignore[arg-type]
+    # The batch lines' own work layer, over the pool limited to the account each line was
+    # given (`LinePool`): the same repeats, kept results and seeded cache as live requests.
+    work = ImageWork(settings, LinePool(services.pool), store, clock, services.metrics)
     runner = BatchRunner(
-        settings=settings, clock=clock, store=store, pool=services.pool, files=files, images=images
+        settings=settings,
+        clock=clock,
+        store=store,
+        pool=services.pool,
+        files=files,
+        images=images,
+        work=work,
     )
     service = BatchService(
         settings=settings, clock=clock, store=store, pool=services.pool, files=files, runner=runner
