@@ -203,3 +203,16 @@ def test_the_estimate_endpoint_answers_with_the_batch_objects_figures(batch_prox
         timeout=10,
     )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "bodies[0].n"
+
+
+def test_batches_are_listed_newest_first_and_paged(client):
+    uploaded = client.files.create(file=("in.jsonl", jsonl(generation_lines(1))), purpose="batch")
+    made = [
+        client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="24h"
+        ).id
+        for _ in range(3)
+    ]
+    first = client.batches.list(limit=2)
+    assert [b.id for b in first.data] == made[::-1][:2] and first.has_more
+    assert [b.id for b in client.batches.list(limit=2)] == made[::-1]  # the SDK pages on

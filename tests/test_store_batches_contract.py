@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from test_store_contract import clock, store  # noqa: F401  (pytest fixtures)
 
 from flux_proxy.clock import FrozenClock
@@ -113,3 +114,28 @@ async def test_dropped_lines_are_forgotten(store):
     await store.drop_lines("b4")
     assert await store.line_results("b4") == []
     assert await store.claim_line("b4", "w", 60) is None
+
+
+async def test_the_resilient_store_refuses_batch_state_while_redis_is_away(clock):
+    # A batch queue has no sensible local copy: another replica could run the same line.
+    from procs import free_port
+
+    from flux_proxy.store.base import StoreUnavailable
+    from flux_proxy.store.memory import MemoryStore
+    from flux_proxy.store.redis import RedisStore
+    from flux_proxy.store.resilient import ResilientStore
+
+    away = RedisStore(f"redis://127.0.0.1:{free_port()}/0", "test:", clock, socket_timeout=0.2)
+    store = ResilientStore(away, MemoryStore(clock), clock=clock)
+    await store.open()
+    try:
+        for call in (
+            store.put_doc("batch", "b", {}),
+            store.list_docs("batch"),
+            store.claim_line("b", "w", 60),
+            store.line_counts("b"),
+        ):
+            with pytest.raises(StoreUnavailable):
+                await call
+    finally:
+        await store.close()

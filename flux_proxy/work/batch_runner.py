@@ -3,8 +3,9 @@ through the account pool, as budgets allow, over as many days as it takes.
 
 - A line is claimed from the store (one runner at a time; a dead runner's lines are taken
   over after `BATCH_LINE_LEASE_SECONDS`), run through `run_line` (the work layer, with the
-  line as Idempotency-Key), and its outcome recorded once with the batch's counters. An image is made once per line; only a call in flight when
-  its runner died can be made again (the pool counts it as maybe-billed).
+  line as Idempotency-Key), and its outcome recorded once with the batch's counters. An
+  image is made once per line; only a call in flight when its runner died can be made again
+  (the pool counts it as maybe-billed).
 - Live requests keep priority: a runner holds at most `BATCH_SLOT_SHARE` of an account's
   slots and leaves `BATCH_BUDGET_RESERVE` neurons of its day (the pool enforces the reserve
   when it reserves neurons).

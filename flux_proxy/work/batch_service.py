@@ -32,7 +32,7 @@ from flux_proxy.work.batches import (
     window_seconds,
 )
 from flux_proxy.work.file_blobs import DiskBlobs
-from flux_proxy.work.files import FileStore
+from flux_proxy.work.files import FileStore, sort_key
 from flux_proxy.work.produce import ImageWork
 
 
@@ -107,6 +107,7 @@ class BatchService:
             "base_url": base_url,
             "line_neurons": sum(checked.neurons) / len(checked.neurons) if checked.neurons else 0,
             "typical_seconds": checked.typical_seconds,
+            "sort_key": sort_key(now),
         }
         if checked.errors:
             # One bad line fails the whole batch before anything is queued: nothing is spent.
@@ -133,7 +134,7 @@ class BatchService:
 
     async def list(self, caller: Caller, *, limit: int, after: str | None) -> tuple[list, bool]:
         docs = [d for d in await self.store.list_docs(BATCH_KIND) if caller.owns(d["owner"])]
-        docs.sort(key=lambda d: (d["created_at"], d["id"]), reverse=True)  # newest first
+        docs.sort(key=lambda d: (d.get("sort_key") or [d["created_at"]], d["id"]), reverse=True)
         if after is not None:
             ids = [d["id"] for d in docs]
             docs = docs[ids.index(after) + 1 :] if after in ids else []

@@ -35,7 +35,14 @@ _WINDOW = re.compile(r"^\s*(\d{1,4})\s*([hd])\s*$")
 MAX_WINDOW = 30 * 86400
 MAX_REPORTED_ERRORS = 1000
 # Fields of the stored document that are the proxy's own, never shown.
-_INTERNAL = ("owner", "base_url", "line_neurons", "typical_seconds", "finalizer_until")
+_INTERNAL = (
+    "owner",
+    "base_url",
+    "line_neurons",
+    "typical_seconds",
+    "finalizer_until",
+    "sort_key",
+)
 
 
 def window_seconds(value: Any) -> int:

@@ -5,6 +5,7 @@ of the batch that wrote it); anyone else is told it does not exist.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from typing import Any
 
@@ -20,7 +21,15 @@ FILE_KIND = "file"
 UPLOAD_PURPOSES = ("batch", "vision", "user_data")
 IMAGE_PURPOSES = ("vision", "user_data")
 OUTPUT_PURPOSE = "batch_output"
-_INTERNAL = ("owner", "content_type")
+_made = itertools.count()
+
+
+def sort_key(now: float) -> list:
+    """An order finer than `created_at`'s seconds: the exact time, then this process's count."""
+    return [now, next(_made)]
+
+
+_INTERNAL = ("owner", "content_type", "sort_key")
 
 
 def public(doc: dict) -> dict:
@@ -99,6 +108,7 @@ class FileStore:
             "expires_at": int(now + ttl),
             "owner": owner,
             "content_type": content_type,
+            "sort_key": sort_key(now),
         }
         await self.blobs.put_blob(file_id, data, content_type, ttl)  # contents first: a
         await self._store.put_doc(FILE_KIND, file_id, doc)  # listed file always has them
@@ -127,7 +137,10 @@ class FileStore:
             and not self._expired(doc)
             and (purpose is None or doc["purpose"] == purpose)
         ]
-        docs.sort(key=lambda d: (d["created_at"], d["id"]), reverse=order == "desc")
+        docs.sort(
+            key=lambda d: (d.get("sort_key") or [d["created_at"]], d["id"]),
+            reverse=order == "desc",
+        )
         if after is not None:
             ids = [doc["id"] for doc in docs]
             docs = docs[ids.index(after) + 1 :] if after in ids else []
