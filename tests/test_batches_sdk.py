@@ -63,6 +63,8 @@ def test_a_batch_of_generations_completes_with_one_upstream_call_per_line(
         entry = line["response"]["body"]["data"][0]
         assert entry["url"].startswith(batch_proxy.url) and "b64_json" not in entry
     assert len(emulator.calls()) == 5
+    metrics = httpx.get(batch_proxy.url + "/metrics", timeout=10).text
+    assert 'flux_proxy_batch_lines_total{outcome="completed"} 5.0' in metrics
     output_file = client.files.retrieve(done.output_file_id)
     assert output_file.purpose == "batch_output"
 

@@ -97,7 +97,10 @@ async def content(request: Request) -> Response:
     return Response(
         data,
         media_type=doc["content_type"],
-        headers={"content-disposition": f'attachment; filename="{_safe(doc["filename"])}"'},
+        headers={
+            "content-disposition": f'attachment; filename="{_safe(doc["filename"])}"',
+            "x-content-type-options": "nosniff",
+        },
     )
 
 

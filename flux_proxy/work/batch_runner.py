@@ -41,6 +41,7 @@ from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
 from flux_proxy.logs import log_event
+from flux_proxy.metrics import Metrics
 from flux_proxy.settings import Settings
 from flux_proxy.store.base import LineClaim, StoreUnavailable
 from flux_proxy.work.batches import (
@@ -124,9 +125,10 @@ class BatchRunner:
         files: FileStore,
         images: ImageStore,
         work: Any,
+        metrics: Metrics,
     ) -> None:
         self.settings, self.clock, self.store, self.pool = settings, clock, store, pool
-        self.files, self.images, self.work = files, images, work
+        self.files, self.images, self.work, self.metrics = files, images, work, metrics
         self.worker = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._running: dict[int, int] = {}  # account number -> batch lines in flight here
         self._tasks: set[asyncio.Task] = set()
@@ -300,6 +302,7 @@ class BatchRunner:
             except ApiError as error:
                 if error.status in RETRY_LATER:
                     await self.store.release_line(claim)  # it was not made; try again later
+                    self.metrics.child(self.metrics.batch_lines, "released").inc()
                     return
                 result = _error_line(line.get("custom_id"), error.code, error.message)
                 await self._record(doc, claim, "failed", result, 0.0, request_id)
@@ -352,6 +355,8 @@ class BatchRunner:
         counts = await self.store.finish_line(
             claim, outcome, orjson.dumps(result).decode(), neurons
         )
+        if counts is not None:
+            self.metrics.child(self.metrics.batch_lines, outcome).inc()
         log_event(
             "batch_line",
             batch=doc["id"],

@@ -238,6 +238,7 @@ def open_batches(services: Any) -> BatchParts:
         files=files,
         images=images,
         work=work,
+        metrics=services.metrics,
     )
     service = BatchService(
         settings=settings, clock=clock, store=store, pool=services.pool, files=files, runner=runner
