@@ -14,8 +14,10 @@ import pytest
 from batch_helpers import generation_lines, jsonl, output_lines, wait_for, wait_until
 
 from flux_proxy.clock import FrozenClock, next_utc_midnight
+from flux_proxy.models import find_model
 
-PRICE = 57.6  # flux-1-schnell at 1024x1024
+# The model table's price of one line (flux-1-schnell at its default size and steps).
+PRICE = find_model("flux-1-schnell").estimate_neurons(None, None, None)
 FAST = {"batch_poll_seconds": 0.1, "batch_budget_reserve": 0}
 
 

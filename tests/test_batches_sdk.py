@@ -10,7 +10,11 @@ import openai
 import pytest
 from batch_helpers import generation_lines, image_of, jsonl, output_lines, wait_for
 
+from flux_proxy.models import find_model
+
 FAST = {"batch_poll_seconds": 0.1}
+# The model table's price of one line (flux-1-schnell at its default size and steps).
+PRICE = find_model("flux-1-schnell").estimate_neurons(None, None, None)
 
 
 @pytest.fixture
@@ -41,13 +45,13 @@ def test_a_batch_of_generations_completes_with_one_upstream_call_per_line(
         metadata={"shoot": "spring"},
     )
     assert batch.status == "in_progress" and batch.request_counts.total == 5
-    assert batch.model_extra["estimated_neurons"] == pytest.approx(5 * 57.6)
+    assert batch.model_extra["estimated_neurons"] == pytest.approx(5 * PRICE)
     done = wait_for(client, batch.id, ("completed", "failed", "expired"))
     assert done.status == "completed", done
     assert done.request_counts.completed == 5 and done.request_counts.failed == 0
     assert done.completed_at and done.finalizing_at and done.in_progress_at
     assert done.metadata == {"shoot": "spring"} and done.error_file_id is None
-    assert done.model_extra["neurons_used"] == pytest.approx(5 * 57.6)
+    assert done.model_extra["neurons_used"] == pytest.approx(5 * PRICE)
 
     out = output_lines(client, done.output_file_id)
     assert sorted(line["custom_id"] for line in out) == [f"line-{i}" for i in range(5)]
@@ -196,7 +200,7 @@ def test_the_estimate_endpoint_answers_with_the_batch_objects_figures(batch_prox
     )
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert body["lines"] == 4 and body["estimated_neurons"] == pytest.approx(4 * 57.6)
+    assert body["lines"] == 4 and body["estimated_neurons"] == pytest.approx(4 * PRICE)
     assert body["estimated_days"] == 1 and body["estimated_completion_at"] >= 0
     bad = httpx.post(
         batch_proxy.base_url + "/batches/estimate",
