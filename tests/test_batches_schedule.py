@@ -187,3 +187,23 @@ def test_a_line_the_upstream_rejects_fails_alone_and_busy_accounts_are_retried(
     # 3 lines: one refused, one rate limited and then made, one made.
     assert [call["status"] for call in emulator.calls()].count(200) == 2
     assert len(emulator.calls()) == 4
+
+
+def test_batch_lines_hold_at_most_their_share_of_an_accounts_slots(emulator, make_proxy, tmp_path):
+    clock = FrozenClock(time.time())
+    proxy = _one_account(
+        emulator, make_proxy, tmp_path, clock, account_concurrency=4, batch_slot_share=0.5
+    )
+    httpx.post(emulator.root + "/__emulator/config", json={"latency": 0.5}, timeout=5)
+    seen: list[int] = []
+    try:
+        with _client(proxy) as client:
+            batch = _submit(client, 6, window="24h")
+            while client.batches.retrieve(batch.id).status == "in_progress":
+                health = httpx.get(proxy.url + "/health", headers=proxy.auth, timeout=5).json()
+                seen.append(next(a for a in health["accounts"] if a["number"] == 1)["in_flight"])
+                time.sleep(0.05)
+            assert client.batches.retrieve(batch.id).status in ("finalizing", "completed")
+    finally:
+        httpx.post(emulator.root + "/__emulator/config", json={"latency": 0}, timeout=5)
+    assert max(seen) == 2  # half of 4 slots; the other two stay free for live requests
