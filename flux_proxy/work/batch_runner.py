@@ -46,6 +46,7 @@ from flux_proxy.settings import Settings
 from flux_proxy.store.base import LineClaim, StoreUnavailable
 from flux_proxy.work.batches import (
     ACTIVE,
+    ACTIVE_KIND,
     BATCH_KIND,
     ENDPOINTS,
     AccountRoom,
@@ -178,7 +179,13 @@ class BatchRunner:
 
     async def tick(self) -> None:
         now = self.clock.now()
-        docs = [d for d in await self.store.list_docs(BATCH_KIND) if d["status"] in ACTIVE]
+        docs = []
+        for entry in await self.store.list_docs(ACTIVE_KIND):
+            doc = await self.store.get_doc(BATCH_KIND, entry["id"])
+            if doc is not None and doc["status"] in ACTIVE:
+                docs.append(doc)
+            else:  # finished (its finalizer died before tidying up) or gone
+                await self.store.delete_doc(ACTIVE_KIND, entry["id"])
         docs.sort(key=lambda d: (d["created_at"], d["id"]))
         runnable = []
         for doc in docs:
@@ -420,6 +427,7 @@ class BatchRunner:
             BATCH_KIND, batch_id, final, when={"finalizer_until": lease_end}
         ):
             await self.store.drop_lines(batch_id)
+            await self.store.delete_doc(ACTIVE_KIND, batch_id)
             log_event("batch_finished", batch=batch_id, status=final["status"], **counts)
 
 

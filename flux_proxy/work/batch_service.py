@@ -20,6 +20,7 @@ from flux_proxy.settings import Settings
 from flux_proxy.work.batch_runner import BatchRunner, LinePool
 from flux_proxy.work.batches import (
     ACTIVE,
+    ACTIVE_KIND,
     BATCH_KIND,
     ENDPOINTS,
     account_rooms,
@@ -126,6 +127,7 @@ class BatchService:
             batch_id, checked.payloads, window + self.settings.batch_output_ttl
         )
         await self.store.put_doc(BATCH_KIND, batch_id, doc)
+        await self.store.put_doc(ACTIVE_KIND, batch_id, {"id": batch_id})
         self.runner.wake()
         return await self._render(doc)
 

@@ -29,6 +29,9 @@ from flux_proxy.settings import Settings
 from flux_proxy.work.files import IMAGE_PURPOSES, FileStore
 
 BATCH_KIND = "batch"
+# One small document per batch that still has work (in_progress, cancelling, finalizing), so a
+# runner's look at the batches costs what is active, not every batch ever made.
+ACTIVE_KIND = "batch-active"
 ENDPOINTS = {"/v1/images/generations": False, "/v1/images/edits": True}  # -> is an edit
 ACTIVE = ("in_progress", "cancelling", "finalizing")
 _WINDOW = re.compile(r"^\s*(\d{1,4})\s*([hd])\s*$")
