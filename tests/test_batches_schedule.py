@@ -57,9 +57,18 @@ def _settles(emulator, count: int, seconds: float = 1.0) -> None:
 def test_a_budget_of_three_a_day_drains_eight_lines_over_three_days(emulator, make_proxy, tmp_path):
     clock = FrozenClock(_day(2026, 3, 10, 9))
     proxy = _one_account(emulator, make_proxy, tmp_path, clock, daily_neurons=3 * PRICE + 1)
+    bodies = [line["body"] for line in generation_lines(8)]
+    estimate = httpx.post(
+        proxy.base_url + "/batches/estimate",
+        json={"endpoint": "/v1/images/generations", "bodies": bodies},
+        headers=proxy.auth,
+        timeout=10,
+    ).json()
+    assert estimate["estimated_days"] == 3 and estimate["lines"] == 8
     with _client(proxy) as client:
         batch = _submit(client, 8)
         assert batch.model_extra["estimated_neurons"] == pytest.approx(8 * PRICE)
+        assert batch.model_extra["estimated_completion_at"] == estimate["estimated_completion_at"]
         # 3 today, 3 tomorrow, 2 the day after.
         expected_day = datetime.fromtimestamp(batch.model_extra["estimated_completion_at"], UTC)
         assert expected_day.date().isoformat() == "2026-03-12"

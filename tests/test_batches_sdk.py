@@ -3,6 +3,7 @@ the Workers AI emulator over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import httpx
@@ -222,3 +223,25 @@ def test_batches_are_listed_newest_first_and_paged(client):
     first = client.batches.list(limit=2)
     assert [b.id for b in first.data] == made[::-1][:2] and first.has_more
     assert [b.id for b in client.batches.list(limit=2)] == made[::-1]  # the SDK pages on
+
+
+def test_files_and_batches_answer_503_while_the_shared_state_is_away(make_proxy, tmp_path):
+    from procs import free_port
+
+    from flux_proxy.clock import FrozenClock
+    from flux_proxy.store.memory import MemoryStore
+    from flux_proxy.store.redis import RedisStore
+    from flux_proxy.store.resilient import ResilientStore
+
+    clock = FrozenClock(1_750_000_000.0)
+    away = RedisStore(f"redis://127.0.0.1:{free_port()}/0", "t:", clock, socket_timeout=0.2)
+    store = ResilientStore(away, MemoryStore(clock), clock=clock)
+    asyncio.run(store.open())  # a store passed in is the caller's to open: Redis is away
+    proxy = make_proxy(clock=clock, store=store, data_dir=tmp_path / "d", **FAST)
+    with openai.OpenAI(base_url=proxy.base_url, api_key=proxy.key, max_retries=0) as sdk:
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            sdk.files.create(file=("in.jsonl", jsonl(generation_lines(1))), purpose="batch")
+        assert unavailable.value.status_code == 503
+        assert unavailable.value.body["code"] == "state_store_unavailable"
+        with pytest.raises(openai.InternalServerError):
+            sdk.batches.list()
