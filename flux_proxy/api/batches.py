@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from flux_proxy.api import batches_openapi  # noqa: F401  (registers the OpenAPI entries)
 from flux_proxy.api.body import parse_json_object
 from flux_proxy.api.caller import caller_of
 from flux_proxy.api.files import list_limit, page, parts

@@ -16,8 +16,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from flux_proxy import __version__
+from flux_proxy.api.batches import batch_routes
 from flux_proxy.api.body import read_request
 from flux_proxy.api.disconnect import unless_disconnected
+from flux_proxy.api.files import file_routes
 from flux_proxy.api.generate import finish_all
 from flux_proxy.api.jobs import job_routes, submit_image_job, wants_async
 from flux_proxy.api.middleware import note
@@ -277,9 +279,6 @@ async def index(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
-    from flux_proxy.api.batches import batch_routes  # imported here: they import this module
-    from flux_proxy.api.files import file_routes
-
     return [
         *file_routes(),
         *batch_routes(),
