@@ -30,10 +30,11 @@ from flux_proxy.logs import configure_logging, log_event
 from flux_proxy.metrics import Metrics
 from flux_proxy.pool import AccountPool
 from flux_proxy.settings import Settings, load_settings
-from flux_proxy.store.base import StateStore
+from flux_proxy.store.base import StateStore, StoreUnavailable
 from flux_proxy.store.factory import open_store
 from flux_proxy.upstream.client import WorkersAIClient
 from flux_proxy.work import ImageWork
+from flux_proxy.work.batch_service import open_batches
 
 
 def create_app(
@@ -83,6 +84,10 @@ def create_app(
                 metrics=metrics,
                 work=work,
             )
+            # Files and Batch API (issue 10): its stores, and this replica's batch runner.
+            app.state.batches = open_batches(app.state.services)
+            app.state.batches.runner.start()
+            stack.push_async_callback(app.state.batches.runner.stop)
             app.state.services.jobs = await start_jobs(app.state.services, stack)
             log_event(
                 "started",
@@ -127,7 +132,11 @@ def create_app(
         routes=[*routes(), openapi_route()],
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            StoreUnavailable: _store_unavailable,
+        },
     )
 
 
@@ -169,5 +178,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         messages.get(exc.status_code, str(exc.detail)),
         code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code),
         headers=exc.headers,
+    )
+    return error_response(error)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    # Batches and files live only in the shared state; while it is away, say so (retryable).
+    error = ApiError(
+        503,
+        "the shared state store is unreachable; try again shortly",
+        code="state_store_unavailable",
+        headers={"retry-after": "5"},
     )
     return error_response(error)

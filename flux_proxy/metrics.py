@@ -114,6 +114,14 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        # --- batches (issue 10) ---
+        self.batch_lines = Counter(
+            "flux_proxy_batch_lines",
+            "Batch lines recorded by this replica, by outcome (completed, failed, expired, "
+            "cancelled), and lines given back unrun (released: no account could take them)",
+            ["outcome"],
+            registry=r,
+        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once per label set."""

@@ -16,8 +16,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from flux_proxy import __version__
+from flux_proxy.api.batches import batch_routes
 from flux_proxy.api.body import read_request
 from flux_proxy.api.disconnect import unless_disconnected
+from flux_proxy.api.files import file_routes
 from flux_proxy.api.generate import finish_all
 from flux_proxy.api.jobs import job_routes, submit_image_job, wants_async
 from flux_proxy.api.middleware import note
@@ -140,6 +142,8 @@ async def _images(request: Request, *, edit: bool, build=build_image_request) ->
 async def image_file(request: Request) -> Response:
     svc = services(request)
     found = await svc.images.get(request.path_params["name"])
+    if found is None and hasattr(request.app.state, "batches"):  # a batch answer's image
+        found = await request.app.state.batches.images.get(request.path_params["name"])
     if found is None:
         raise ApiError(404, "no such image, or it has expired", code="image_not_found")
     data, content_type = found
@@ -278,6 +282,8 @@ async def index(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [
+        *file_routes(),
+        *batch_routes(),
         Route("/v1/images/generations", generations, methods=["POST"]),
         Route("/v1/images/edits", edits, methods=["POST"]),
         Route(VARIATIONS_PATH, variations, methods=["POST"]),
