@@ -180,6 +180,16 @@ class Settings(BaseSettings):
     # On SIGTERM: stop accepting, let in-flight requests finish for up to this long, then stop.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
+    # --- MCP server (`flux-proxy mcp` over stdio, `/mcp` over streamable HTTP) ------------
+    # Images in a tool answer are previews in this format; the full-size original is kept in
+    # the image store and linked. PNG previews are only scaled down, never made lossy.
+    mcp_image_format: Literal["jpeg", "webp", "png"] = "jpeg"
+    # Base64 bytes of all the previews in one answer together: MCP hosts handle answers under
+    # about 1 MB well, and the SDK's HTTP client refuses SSE events over 1 MiB by default.
+    mcp_image_max_bytes: int = Field(default=700_000, ge=20_000)
+    # Seconds between progress notifications while a tool call's images are being made.
+    mcp_progress_interval: float = Field(default=2.0, gt=0)
+
     @classmethod
     def settings_customise_sources(
         cls,
