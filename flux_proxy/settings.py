@@ -180,9 +180,17 @@ class Settings(BaseSettings):
     # On SIGTERM: stop accepting, let in-flight requests finish for up to this long, then stop.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
+    # --- work: kept results, retries and the seeded cache (issue 9) -----------------------
+    # A finished result whose caller left (or that an Idempotency-Key names) is kept this long
+    # for a retry to collect.
+    result_ttl_seconds: float = Field(default=900.0, gt=0)
+    # Seeded images (deterministic) are cached this long; 0 turns the cache off.
+    cache_ttl_seconds: float = Field(default=7 * 86400.0, ge=0)
+    cache_max_bytes: int = Field(default=512 * 1024 * 1024, ge=0)  # LRU eviction beyond it
+
     # --- MCP server (`flux-proxy mcp` over stdio, `/mcp` over streamable HTTP) ------------
-    # Images in a tool answer are previews in this format; the full-size original is kept in
-    # the image store and linked. PNG previews are only scaled down, never made lossy.
+    # An image too large for a tool answer goes as a preview in this format (the full-size
+    # original is kept in the image store and linked). PNG previews are only scaled down.
     mcp_image_format: Literal["jpeg", "webp", "png"] = "jpeg"
     # Base64 bytes of all the previews in one answer together: MCP hosts handle answers under
     # about 1 MB well, and the SDK's HTTP client refuses SSE events over 1 MiB by default.

@@ -18,12 +18,13 @@ from starlette.staticfiles import StaticFiles
 from flux_proxy import __version__
 from flux_proxy.api.body import read_request
 from flux_proxy.api.disconnect import unless_disconnected
-from flux_proxy.api.generate import generate_all
+from flux_proxy.api.generate import finish_all
 from flux_proxy.api.middleware import note
 from flux_proxy.api.model_lookup import lookup_model
 from flux_proxy.api.parse import build_image_request
 from flux_proxy.api.render import FILES_PATH, base_url_for, images_body, json_response
 from flux_proxy.api.stream import image_events, stream_response
+from flux_proxy.api.work_options import work_headers, work_options
 from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
@@ -47,6 +48,7 @@ class Services:
     pool: Any  # AccountPool, or a stand-in with the same methods
     images: ImageStore
     metrics: Metrics
+    work: Any = None  # flux_proxy.work.ImageWork: the one path from every entry point to the pool
 
 
 def services(request: Request) -> Services:
@@ -78,6 +80,7 @@ async def _images(request: Request, *, edit: bool) -> Response:
     note(request.scope, model=image_request.job.model.short_name, n=image_request.n)
     if settings.log_prompts:
         log_event("prompt", request_id=request_id, prompt=image_request.prompt_text)
+    options = work_options(request)
 
     if image_request.stream:
         # From here on the answer is a 200 event stream; failures become error events.
@@ -89,16 +92,27 @@ async def _images(request: Request, *, edit: bool) -> Response:
             request_id=request_id,
             base_url=base_url_for(request, settings),
             scope=request.scope,
+            options=options,
         )
         return stream_response(events)
 
-    # A caller who hangs up stops costing: the upstream calls are cancelled, slots freed.
-    outcome = await unless_disconnected(request, generate_all(svc.pool, image_request, request_id))
-    note(request.scope, account=outcome.images[0][1].image.account)
+    # A caller who hangs up stops costing what was not sent yet; sent calls finish and their
+    # result is kept for a retry (see flux_proxy/work/).
+    result = await unless_disconnected(
+        request, svc.work.produce(image_request, request_id=request_id, **options)
+    )
+    outcome = await finish_all(result, image_request)
+    note(
+        request.scope,
+        account=outcome.images[0][1].image.account,
+        cache=result.cache,
+        replayed=result.replayed or None,
+    )
     body = await images_body(
         outcome,
         image_request,
-        created=int(svc.clock.now()),
+        created=result.created,
+        result_id=result.id,
         image_store=svc.images,
         # Only URL entries need the base; working it out reads several headers.
         base_url=""
@@ -110,7 +124,7 @@ async def _images(request: Request, *, edit: bool) -> Response:
         image_request.job.model.short_name,
         image_request.response_format or "both",
     ).inc(len(outcome.images))
-    return json_response(body)
+    return json_response(body, headers=work_headers(result))
 
 
 async def image_file(request: Request) -> Response:
@@ -192,6 +206,8 @@ async def health(request: Request) -> Response:
         "accounts": accounts,
         "store": store,
     }
+    if svc.work is not None:
+        body["cache"] = await svc.work.cache.stats()
     return json_response(body, 200 if status == "ok" else 503)
 
 

@@ -1,15 +1,15 @@
-"""The one place the MCP tools hand a validated request over to be made.
+"""The one place the MCP tools hand a validated request over to be made: the work layer.
 
-Entry points never call the pool directly. Until the work layer (`flux_proxy/work/`) is on
-this branch, this calls the HTTP API's own `generate_all`, so a request made by an agent goes
-through the same failover and budgets as one made over HTTP; switching to the work layer is a
-change to this function alone.
+Entry points never call the pool directly. Through `ImageWork.produce` an agent's request gets
+what an HTTP request gets: failover and budgets, the seeded cache, and kept results (a call
+already sent when the agent cancels finishes, is paid once, and is kept under the caller's
+name for a retry to collect).
 """
 
 from __future__ import annotations
 
 from flux_proxy.api.caller import Caller
-from flux_proxy.api.generate import generate_all
+from flux_proxy.api.generate import finish_all
 from flux_proxy.api.parse import ImageRequest
 from flux_proxy.api.render import Outcome
 from flux_proxy.api.routes import Services
@@ -19,5 +19,6 @@ async def make_images(
     services: Services, image_request: ImageRequest, *, request_id: str, caller: Caller
 ) -> Outcome:
     """The request's `n` images (partial failures in `Outcome.errors`); an `ApiError` when
-    none was made. `caller` owns the work once the work layer keeps results per owner."""
-    return await generate_all(services.pool, image_request, request_id)
+    none was made."""
+    result = await services.work.produce(image_request, caller=caller.name, request_id=request_id)
+    return await finish_all(result, image_request)
