@@ -189,3 +189,20 @@ async def test_mcp_http_data_url_references_bigger_than_the_sdk_default_body_are
     (call,) = emulator.calls()
     sent = call["files"]["input_image_0"]
     assert max(sent["width"], sent["height"]) < 512  # scaled below FLUX.2's limit, as for /v1
+
+
+async def test_a_seeded_repeat_comes_from_the_work_layers_cache_without_an_upstream_call(
+    make_proxy, emulator
+):
+    proxy = make_proxy()
+    arguments = {"prompt": "the same fox", "seed": 42, **SMALL}
+    async with http_mcp(mcp_url(proxy), proxy.key) as client:
+        first = await client.call_tool("generate_image", arguments)
+        second = await client.call_tool("generate_image", arguments)
+    assert not first.is_error and not second.is_error
+    assert first.structured_content["images"][0]["cached"] is False
+    repeat = second.structured_content["images"][0]
+    assert repeat["cached"] is True and repeat["neurons"] == 0
+    assert "no neurons spent" in text_of(second)
+    assert images_of(first)[0].tobytes() == images_of(second)[0].tobytes()
+    assert len(emulator.calls()) == 1

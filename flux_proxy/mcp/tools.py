@@ -22,14 +22,14 @@ from mcp.types import CallToolResult, ImageContent, TextContent
 from flux_proxy.api.caller import Caller
 from flux_proxy.api.output import OutputImage
 from flux_proxy.api.parse import ImageRequest, build_image_request
-from flux_proxy.api.render import Outcome, store_image
+from flux_proxy.api.render import store_image
 from flux_proxy.api.routes import Services
 from flux_proxy.clock import iso, next_utc_midnight
 from flux_proxy.errors import ApiError, invalid
 from flux_proxy.logs import log_event
 from flux_proxy.mcp import inputs
 from flux_proxy.mcp.preview import Preview, make_preview
-from flux_proxy.mcp.work import make_images
+from flux_proxy.mcp.work import Made, make_images
 from flux_proxy.models import MODELS, ModelSpec, find_model
 from flux_proxy.pool import AccountPool
 
@@ -89,13 +89,14 @@ async def image_tool(
             image_request = await build_image_request(raw, svc.settings, edit=edit)
         except ApiError as error:
             raise inputs.renamed(error, "images", references_param) from None
-        outcome = await with_progress(
+        made = await with_progress(
             make_images(svc, image_request, request_id=tc.request_id, caller=tc.caller),
             report,
             image_request,
             interval=svc.settings.mcp_progress_interval,
         )
-        result = await _answer(tc, image_request, outcome)
+        outcome = made.outcome
+        result = await _answer(tc, image_request, made)
     except ApiError as error:
         _log_call(tc, tool, started, status=error.status, code=error.code)
         return tool_error(error)
@@ -134,8 +135,9 @@ def tool_error(error: ApiError) -> CallToolResult:
     )
 
 
-async def _answer(tc: ToolContext, request: ImageRequest, outcome: Outcome) -> CallToolResult:
+async def _answer(tc: ToolContext, request: ImageRequest, made: Made) -> CallToolResult:
     svc = tc.services
+    outcome = made.outcome
     settings = svc.settings
     budget = settings.mcp_image_max_bytes // max(1, len(outcome.images))
     content: list[ImageContent | TextContent] = []
@@ -153,13 +155,15 @@ async def _answer(tc: ToolContext, request: ImageRequest, outcome: Outcome) -> C
                 mime_type=preview.mime,
             )
         )
-        lines.append(_describe(index, request, output, url, preview, tc))
+        cached = index in made.cached
+        lines.append(_describe(index, request, output, url, preview, tc, cached=cached))
         entries.append(
             {
                 "index": index,
                 "seed": output.seed,
                 "account": output.image.account,
-                "neurons": output.image.neurons,
+                "neurons": 0.0 if cached else output.image.neurons,
+                "cached": cached,
                 "url": url,
                 "width": output.width,
                 "height": output.height,
@@ -193,6 +197,8 @@ def _describe(
     url: str,
     preview: Preview,
     tc: ToolContext,
+    *,
+    cached: bool,
 ) -> str:
     image = output.image
     facts = [f"model {request.job.model.short_name}"]
@@ -201,7 +207,9 @@ def _describe(
     if output.seed is not None:
         facts.append(f"seed {output.seed}")
     facts.append(f"account {image.account}")
-    if image.neurons is not None:
+    if cached:
+        facts.append("from the seeded cache, no neurons spent")
+    elif image.neurons is not None:
         facts.append(f"{round(image.neurons, 2)} neurons")
     ttl = tc.services.settings.image_ttl_seconds
     where = url
