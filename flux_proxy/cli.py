@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from flux_proxy.mcp.stdio import add_arguments as mcp_arguments
-from flux_proxy.mcp.stdio import run as mcp_command
+from flux_proxy.catalogue_check import COMMAND as MODELS_COMMAND
+from flux_proxy.mcp.stdio import COMMAND as MCP_COMMAND
 from flux_proxy.settings import ConfigError, Settings
 
 EXIT_CONFIG = 2
@@ -168,7 +168,8 @@ COMMANDS: dict[str, Command] = {
         lambda parser: None,
         check,
     ),
-    "mcp": ("serve MCP (Model Context Protocol) on stdin/stdout", mcp_arguments, mcp_command),
+    "models": MODELS_COMMAND,
+    "mcp": MCP_COMMAND,
 }
 
 

@@ -63,3 +63,7 @@ async def _serve(settings, emulator: bool) -> None:
 
         server = build_mcp_server(services.settings, resolve, local_files=True)
         await server.run_stdio_async()
+
+
+# `flux-proxy mcp`: (help, add_arguments, run), registered in `cli.COMMANDS`.
+COMMAND = ("serve MCP (Model Context Protocol) on stdin/stdout", add_arguments, run)
