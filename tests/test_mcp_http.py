@@ -206,3 +206,29 @@ async def test_a_seeded_repeat_comes_from_the_work_layers_cache_without_an_upstr
     assert "no neurons spent" in text_of(second)
     assert images_of(first)[0].tobytes() == images_of(second)[0].tobytes()
     assert len(emulator.calls()) == 1
+
+
+async def test_one_failed_image_of_two_is_reported_beside_the_one_made(make_proxy, emulator):
+    emulator.fault(status=400, code=5006, message="bad input", count=1)  # input: no failover
+    proxy = make_proxy()
+    async with http_mcp(mcp_url(proxy), proxy.key) as client:
+        result = await client.call_tool("generate_image", {"prompt": "two", "n": 2, **SMALL})
+    assert not result.is_error, text_of(result)
+    assert len(images_of(result)) == 1
+    (failure,) = result.structured_content["errors"]
+    assert failure["error"]["code"] == "upstream_rejected_input"
+    assert f"Image {failure['index'] + 1} of 2 failed" in text_of(result)
+
+
+async def test_without_keys_only_loopback_host_names_reach_mcp(make_proxy, emulator):
+    proxy = make_proxy(api_master_key=None, no_auth=True)
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    accept = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25"}
+    async with httpx.AsyncClient() as http:
+        rebound = await http.post(
+            mcp_url(proxy), json=body, headers={**accept, "host": "attacker.example"}
+        )
+    assert rebound.status_code == 421  # a DNS-rebinding page cannot drive a keyless proxy
+    async with http_mcp(mcp_url(proxy), None) as client:
+        tools = await client.list_tools()
+    assert len(tools.tools) == 4

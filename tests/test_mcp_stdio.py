@@ -175,7 +175,9 @@ async def test_bad_arguments_are_tool_errors_with_the_http_api_message_and_no_up
     assert fresh.calls() == []
 
 
-async def test_references_that_would_need_the_network_or_are_no_image_are_refused(tmp_path, fresh):
+async def test_references_that_would_need_the_network_or_are_no_image_are_refused(
+    tmp_path, fresh, png
+):
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
     async with stdio_mcp(tmp_path, stdio_env(fresh.base_url, tmp_path)) as client:
@@ -187,21 +189,28 @@ async def test_references_that_would_need_the_network_or_are_no_image_are_refuse
         )
         too_many = await client.call_tool("generate_image", {"prompt": "x", "n": 5})
         no_images = await client.call_tool("edit_image", {"prompt": "x"})
+        masked = await client.call_tool(
+            "edit_image",
+            {"prompt": "x", "images": [data_url(png())], "mask": data_url(png()), **SMALL},
+        )
     assert remote.is_error and "never fetches" in text_of(remote)
     assert remote.structured_content["error"]["param"] == "reference_images"
     assert text_of(text_file) == "reference_images: not a readable PNG, JPEG or WebP image"
     assert too_many.is_error and "between 1 and 4" in text_of(too_many)
     assert no_images.is_error and no_images.structured_content["error"]["param"] == "images"
+    masked_body = {"prompt": "x", "images": [data_url(png())], "mask": data_url(png()), **SMALL}
+    assert text_of(masked) == await _http_api_message(masked_body, edit=True)
     assert fresh.calls() == []
 
 
-def test_stdout_carries_only_protocol_messages_while_logs_go_to_stderr(tmp_path, fresh):
+@pytest.mark.parametrize("embedded", [False, True], ids=["shared-emulator", "--emulator"])
+def test_stdout_carries_only_protocol_messages_while_logs_go_to_stderr(tmp_path, fresh, embedded):
     """Raw JSON-RPC lines on the child's stdin; every stdout line must be one JSON-RPC message."""
-    env = stdio_env(fresh.base_url, tmp_path, LOG_LEVEL="DEBUG")
+    env = stdio_env(None if embedded else fresh.base_url, tmp_path, LOG_LEVEL="DEBUG")
     stderr_path = tmp_path / "stderr.log"
     with open(stderr_path, "w") as stderr:
         child = subprocess.Popen(
-            [sys.executable, "-m", "flux_proxy", "mcp"],
+            [sys.executable, "-m", "flux_proxy", "mcp", *(["--emulator"] if embedded else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
