@@ -25,8 +25,8 @@ from starlette.routing import BaseRoute
 from flux_proxy.api.caller import caller_of
 from flux_proxy.api.middleware import request_id_of
 from flux_proxy.api.render import base_url_for
+from flux_proxy.mcp.context import ToolContext
 from flux_proxy.mcp.server import build_mcp_server
-from flux_proxy.mcp.tools import ToolContext
 from flux_proxy.settings import Settings
 
 MCP_PATH = "/mcp"

@@ -21,12 +21,13 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import WithJsonSchema
 
 from flux_proxy import __version__
-from flux_proxy.mcp import tools
+from flux_proxy.mcp import listings, tools
+from flux_proxy.mcp.context import ToolContext
 from flux_proxy.mcp.inputs import MAX_N
 from flux_proxy.models import MODELS, find_model
 from flux_proxy.settings import Settings
 
-Resolve = Callable[[Context], tools.ToolContext]
+Resolve = Callable[[Context], ToolContext]
 
 INSTRUCTIONS = """\
 Makes images with FLUX.2 and the other Cloudflare Workers AI image models, through a pool of
@@ -156,10 +157,10 @@ def build_mcp_server(settings: Settings, resolve: Resolve, *, local_files: bool)
         )
 
     async def list_models(ctx: Context) -> dict[str, Any]:
-        return tools.models_listing(resolve(ctx))
+        return listings.models_listing(resolve(ctx))
 
     async def account_status(ctx: Context) -> dict[str, Any]:
-        return await tools.account_report(resolve(ctx))
+        return await listings.account_report(resolve(ctx))
 
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
     return _quiet_server(

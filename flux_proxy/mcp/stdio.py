@@ -42,8 +42,8 @@ async def _serve(settings, emulator: bool) -> None:
 
     from flux_proxy.api.caller import Caller
     from flux_proxy.app import create_app
+    from flux_proxy.mcp.context import ToolContext
     from flux_proxy.mcp.server import build_mcp_server
-    from flux_proxy.mcp.tools import ToolContext
 
     # Whoever started the process owns what its calls make; no key is presented over stdio.
     caller = Caller(name="mcp-stdio", role="admin")

@@ -11,45 +11,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from mcp.types import CallToolResult, ImageContent, TextContent
 
-from flux_proxy.api.caller import Caller
 from flux_proxy.api.output import OutputImage
 from flux_proxy.api.parse import ImageRequest, build_image_request
 from flux_proxy.api.render import store_image
-from flux_proxy.api.routes import Services
-from flux_proxy.clock import iso, next_utc_midnight
 from flux_proxy.errors import ApiError, invalid
 from flux_proxy.logs import log_event
 from flux_proxy.mcp import inputs
+from flux_proxy.mcp.context import ToolContext
 from flux_proxy.mcp.preview import Preview, make_preview
+from flux_proxy.mcp.progress import Report, with_progress
 from flux_proxy.mcp.work import Made, make_images
-from flux_proxy.models import MODELS, ModelSpec, find_model
-from flux_proxy.pool import AccountPool
-
-# Workers AI's price beyond the free allocation (workers-ai.md), for `list_models`.
-USD_PER_1000_NEURONS = 0.011
-
-Report = Callable[[float, float | None, str | None], Awaitable[None]]
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ToolContext:
-    """What a tool call runs with: the proxy's services and who is calling, from where."""
-
-    services: Services
-    caller: Caller
-    request_id: str
-    base_url: str  # for the originals' URLs; "" when unknown (stdio without PUBLIC_BASE_URL)
-    local_files: bool  # stdio: references may be local file paths
-
 
 # --- the image tools ---------------------------------------------------------------------------
 
@@ -237,132 +213,3 @@ def _log_call(tc: ToolContext, tool: str, started: float, **fields: object) -> N
         latency_ms=round((time.monotonic() - started) * 1000, 1),
         **fields,
     )
-
-
-# --- progress ----------------------------------------------------------------------------------
-
-
-async def with_progress(
-    work: Awaitable[T], report: Report, request: ImageRequest, *, interval: float
-) -> T:
-    """Await `work`, sending progress (0-100) every `interval` seconds while it runs.
-
-    Workers AI says nothing until an image is done, so progress is an estimate from the
-    model's typical time at this size: it rises towards 90 and never passes it before the
-    work ends (MCP requires each notification to carry a larger value than the last).
-    """
-    job = request.job
-    typical = _typical_seconds(job.model, job.width, job.height)
-    label = f"{request.n} image{'s' if request.n > 1 else ''} on {job.model.short_name}"
-    task = asyncio.ensure_future(work)
-    start = time.monotonic()
-    last = 0.0
-    try:
-        await report(0.0, 100.0, f"making {label} (usually about {typical:.0f} s)")
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=interval)
-            if done:
-                break
-            elapsed = time.monotonic() - start
-            value = round(90.0 * (1.0 - math.exp(-elapsed / typical)), 1)
-            if value > last:
-                last = value
-                await report(value, 100.0, f"making {label}: {elapsed:.0f} s so far")
-        result = task.result()
-        await report(100.0, 100.0, f"{label}: done")
-        return result
-    finally:
-        if not task.done():
-            task.cancel()  # the caller went away or cancelled: stop the upstream calls too
-
-
-def _typical_seconds(model: ModelSpec, width: int | None, height: int | None) -> float:
-    area = (width or model.default_width or 1024) * (height or model.default_height or 1024)
-    return max(1.0, model.typical_seconds * area / (1024 * 1024))
-
-
-# --- list_models and account_status -----------------------------------------------------------
-
-
-def models_listing(tc: ToolContext) -> dict[str, Any]:
-    settings = tc.services.settings
-    default = find_model(settings.default_model, settings.model_aliases)
-    return {
-        "default_model": default.id if default else settings.default_model,
-        "pricing_note": (
-            "neurons are Cloudflare's unit; every account gets 10,000 free a day (reset 00:00 "
-            f"UTC), paid usage beyond that costs ${USD_PER_1000_NEURONS} per 1,000"
-        ),
-        "models": [_model_entry(spec, spec is default) for spec in MODELS],
-    }
-
-
-def _model_entry(spec: ModelSpec, is_default: bool) -> dict[str, Any]:
-    size, steps = spec.size_range, spec.steps_range
-    width = 1024 if spec.takes_size else spec.default_width
-    height = 1024 if spec.takes_size else spec.default_height
-    neurons = spec.estimate_neurons(width, height, None)
-    return {
-        "id": spec.id,
-        "short_name": spec.short_name,
-        "default": is_default,
-        "description": spec.description,
-        "takes": {
-            "size": f"{size.minimum}-{size.maximum} per side" if size else "fixed size only",
-            "default_size": f"{spec.default_width}x{spec.default_height}",
-            "steps": (
-                f"{steps.minimum}-{steps.maximum} (default {spec.default_steps})"
-                if steps
-                else f"fixed at {spec.fixed_steps}"
-                if spec.fixed_steps
-                else "none"
-            ),
-            "seed": spec.takes_seed,
-            "reference_images": spec.max_references,
-            "mask": spec.takes_mask,
-        },
-        # The model table's estimate at default steps; Cloudflare bills what it measures.
-        "price_per_1024x1024_image": {
-            "size": f"{width}x{height}",
-            "neurons": neurons if neurons else None,
-            "usd_beyond_free": round(neurons * USD_PER_1000_NEURONS / 1000, 5) if neurons else None,
-        },
-        "typical_seconds": spec.typical_seconds,
-    }
-
-
-async def account_report(tc: ToolContext) -> dict[str, Any]:
-    svc = tc.services
-    entries = await svc.pool.snapshot()
-    now = svc.clock.now()
-    usable = [e for e in entries if AccountPool.is_usable_now(e)]
-    budgeted = [e["neurons_remaining_today"] for e in entries if e["daily_budget"] is not None]
-    summary = f"{len(usable)} of {len(entries)} accounts can serve now"
-    if budgeted:
-        summary += f"; {round(sum(budgeted), 2)} neurons left today on budgeted accounts"
-    if not usable and entries:
-        returns = sorted(e["until"] or e["next_reset"] for e in entries if e["state"] != "disabled")
-        summary += (
-            f"; the first is usable again at {returns[0]}"
-            if returns
-            else ("; every token was rejected")
-        )
-    return {
-        "summary": summary,
-        "usable_now": bool(usable),
-        "next_reset": iso(next_utc_midnight(now)),
-        "accounts": [
-            {
-                "number": e["number"],
-                "account": e["account"],
-                "state": e["state"],
-                "until": e["until"],
-                "reason": e["reason"],
-                "neurons_used_today": e["neurons_used_today"],
-                "neurons_left_today": e["neurons_remaining_today"],
-                "daily_budget": e["daily_budget"],
-                "in_flight": e["in_flight"],
-            }
-            for e in entries
-        ],
-    }
