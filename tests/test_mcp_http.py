@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 
 import httpx
@@ -49,8 +50,9 @@ async def test_mcp_http_refuses_a_missing_or_wrong_key_before_any_upstream_call(
 
 
 async def test_mcp_http_with_the_right_key_makes_an_image_with_progress_and_a_served_original(
-    make_proxy, emulator
+    make_proxy, emulator, caplog
 ):
+    caplog.set_level(logging.INFO, logger="flux_proxy")
     emulator._post("config", {"latency": 1.5})  # long enough for progress to tick
     proxy = make_proxy(mcp_progress_interval=0.2)
     progress: list[float] = []
@@ -74,6 +76,9 @@ async def test_mcp_http_with_the_right_key_makes_an_image_with_progress_and_a_se
     assert Image.open(io.BytesIO(original.content)).size == preview.size == (256, 256)
     assert progress[0] == 0 and progress[-1] == 100
     assert len(progress) >= 3 and progress == sorted(set(progress))  # ticks, always rising
+    # The call ran as the key's caller (its name, never the key).
+    (logged,) = [r.fields for r in caplog.records if getattr(r, "event", None) == "mcp_tool"]
+    assert logged["caller"] == "master" and proxy.key not in str(logged)
 
 
 async def test_mcp_http_also_speaks_the_initialize_handshake_protocol(make_proxy, emulator):
