@@ -12,6 +12,7 @@ POST's own event stream.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
@@ -48,8 +49,30 @@ class McpHttp:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with self.server.session_manager.run():
+        """The session manager, running in a task of its own for the app's lifetime.
+
+        Its anyio task group must be left in the task that entered it; the app's lifespan may
+        be entered and left by different tasks (an async test fixture does), so a dedicated
+        task holds it.
+        """
+        ready, stop = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            async with self.server.session_manager.run():
+                ready.set()
+                await stop.wait()
+
+        holder = asyncio.create_task(hold(), name="mcp-session-manager")
+        waiting = asyncio.create_task(ready.wait())
+        await asyncio.wait({holder, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if holder.done():
+            holder.result()  # it failed to start: raise why
+        try:
             yield
+        finally:
+            stop.set()
+            await holder
 
 
 def _from_request(ctx: Context) -> ToolContext:

@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import anyio
 
-    from flux_proxy.cli import load_settings
     from flux_proxy.logs import configure_logging
+    from flux_proxy.settings import load_settings
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)  # to stderr
