@@ -92,12 +92,9 @@ class ImageWork:
         self.metrics = metrics
         # Who holds a marker: this process, for as long as it runs.
         self.holder = f"work-{secrets.token_hex(8)}"
-        self.repeats = Repeats(
-            store, clock, result_ttl=settings.result_ttl_seconds, holder=self.holder
-        )
+        self.repeats = Repeats(store, result_ttl=settings.result_ttl_seconds, holder=self.holder)
         self.cache = SeededCache(
             store,
-            clock,
             ttl=settings.cache_ttl_seconds,
             max_bytes=settings.cache_max_bytes,
             holder=self.holder,
@@ -160,12 +157,27 @@ class ImageWork:
             kept = await self.repeats.collect(key, fingerprint)
             if kept is not None:
                 return self._replayed(kept, on_image)
-            holder = await self.repeats.claim(key, fingerprint, self._work_limit)
+            holder = await self._claim_or_release(key, fingerprint)
             if holder is None:
                 return await self._make(work, on_image, claimed=key)
             if holder != fingerprint:
                 raise key_reused()
             await self.repeats.wait(key, self._work_limit)
+
+    async def _claim_or_release(self, key: str, fingerprint: str) -> str | None:
+        """`repeats.claim`, except that a caller leaving while the claim is on its way to the
+        store does not leave the key held (its repeats would wait for nothing)."""
+        claiming = asyncio.ensure_future(self.repeats.claim(key, fingerprint, self._work_limit))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+
+            def release_if_claimed(task: asyncio.Task) -> None:
+                if not task.cancelled() and task.exception() is None and task.result() is None:
+                    self._spawn(self.repeats.release(key, fingerprint))
+
+            claiming.add_done_callback(release_if_claimed)
+            raise
 
     def _replayed(self, kept: WorkResult, on_image: OnImage | None) -> WorkResult:
         self.metrics.results_collected.inc()
@@ -304,6 +316,7 @@ class ImageWork:
             if state.calling:
                 state.abandoned = True  # no failover to another account for nobody
                 running.append(task)
+                self._track(task)  # shutdown gives it up after the grace period
             else:
                 task.cancel()
         made_before = any(t.done() and not t.cancelled() and not t.exception() for t in tasks)
@@ -363,7 +376,9 @@ class ImageWork:
             await self.repeats.release(claimed, fingerprint)
 
     def _spawn(self, coroutine) -> None:
-        task = asyncio.create_task(coroutine)
+        self._track(asyncio.create_task(coroutine))
+
+    def _track(self, task: asyncio.Task) -> None:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
