@@ -210,14 +210,13 @@ def _tool(
     *,
     required: list[str] | None = None,
 ) -> Tool:
-    image_tool = required is not None
     tool = Tool.from_function(
         fn,
         title=title,
         description=description,
         annotations=annotations,
-        # Image tools answer with their own CallToolResult; the others with a JSON object.
-        structured_output=not image_tool,
+        # Image tools build their own CallToolResult; the listings answer a JSON object.
+        structured_output=fn.__annotations__.get("return") is not CallToolResult,
     )
     for schema in tool.parameters.get("properties", {}).values():
         if schema.get("default", 0) is None:
