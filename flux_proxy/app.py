@@ -27,6 +27,7 @@ from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
 from flux_proxy.logs import configure_logging, log_event
+from flux_proxy.mcp.http import McpHttp
 from flux_proxy.metrics import Metrics
 from flux_proxy.pool import AccountPool
 from flux_proxy.settings import Settings, load_settings
@@ -45,11 +46,14 @@ def create_app(
     client: Any = None,
     pool: Any = None,
     embedded_emulator: bool = False,
+    mcp_http: bool = True,
 ) -> Starlette:
     """Build the proxy. `embedded_emulator=True` (`serve --emulator`) starts the Workers AI
-    emulator in the same event loop on a free port and points the proxy at it."""
+    emulator in the same event loop on a free port and points the proxy at it.
+    `mcp_http=False` leaves out `/mcp` (`flux-proxy mcp` serves MCP over stdio instead)."""
     clock = clock or Clock()
     metrics = Metrics()
+    mcp = McpHttp(settings) if mcp_http else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -96,6 +100,8 @@ def create_app(
                 store=state.name,
                 auth="off" if effective.no_auth else "on",
             )
+            if mcp is not None:
+                await stack.enter_async_context(mcp.running())
             yield
             log_event("stopping")
 
@@ -129,7 +135,7 @@ def create_app(
         Middleware(ApiKeyMiddleware, keys=settings.master_keys, enabled=not settings.no_auth)
     )
     return Starlette(
-        routes=[*routes(), openapi_route()],
+        routes=[*routes(), openapi_route(), *(mcp.routes if mcp else ())],
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from flux_proxy.catalogue_check import COMMAND as MODELS_COMMAND
+from flux_proxy.mcp.stdio import COMMAND as MCP_COMMAND
 from flux_proxy.settings import EXIT_CONFIG, ConfigError, config_failure, load_settings
 
 _NO_KEY = """\
@@ -145,6 +146,7 @@ COMMANDS: dict[str, Command] = {
         check,
     ),
     "models": MODELS_COMMAND,
+    "mcp": MCP_COMMAND,
 }
 
 

@@ -235,6 +235,16 @@ class Settings(BaseSettings):
     cache_ttl_seconds: float = Field(default=7 * 86400.0, ge=0)
     cache_max_bytes: int = Field(default=512 * 1024 * 1024, ge=0)  # LRU eviction beyond it
 
+    # --- MCP server (`flux-proxy mcp` over stdio, `/mcp` over streamable HTTP) ------------
+    # An image too large for a tool answer goes as a preview in this format (the full-size
+    # original is kept in the image store and linked). PNG previews are only scaled down.
+    mcp_image_format: Literal["jpeg", "webp", "png"] = "jpeg"
+    # Base64 bytes of all the previews in one answer together: MCP hosts handle answers under
+    # about 1 MB well, and the SDK's HTTP client refuses SSE events over 1 MiB by default.
+    mcp_image_max_bytes: int = Field(default=700_000, ge=20_000)
+    # Seconds between progress notifications while a tool call's images are being made.
+    mcp_progress_interval: float = Field(default=2.0, gt=0)
+
     @classmethod
     def settings_customise_sources(
         cls,

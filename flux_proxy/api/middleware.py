@@ -115,9 +115,14 @@ class RequestContextMiddleware:
             )
 
 
+def _is_mcp(path: str) -> bool:
+    # MCP's streamable HTTP endpoint (flux_proxy/mcp/http.py) spends neurons like /v1/*.
+    return path == "/mcp" or path.startswith("/mcp/")
+
+
 class ApiKeyMiddleware:
-    """`Authorization: Bearer <key>` on `/v1/*`, except the image files (their random names
-    are the credential). The scheme is case-insensitive; the key is compared with every
+    """`Authorization: Bearer <key>` on `/v1/*` and `/mcp`, except the image files (their
+    random names are the credential). The scheme is case-insensitive; the key is compared with every
     configured key in constant time, with no early exit. The matching key's `Caller` goes on
     `scope["state"]["caller"]` (see `api/caller.py`)."""
 
@@ -134,7 +139,7 @@ class ApiKeyMiddleware:
         return (
             self.enabled
             and scope["type"] == "http"
-            and (path.startswith("/v1/") or path == "/v1")
+            and (path.startswith("/v1/") or path == "/v1" or _is_mcp(path))
             and not path.startswith(FILES_PATH)
         )
 
