@@ -12,6 +12,7 @@ import hashlib
 import subprocess
 import sys
 import time
+from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
@@ -250,6 +251,14 @@ def test_usage_rows_group_by_several_dimensions_and_a_user_key_sees_only_its_own
         team_proxy.base_url + "/usage", params={"key": "bob"}, headers=bearer(ALICE)
     ).json()
     assert asked["key"] == "alice" and asked["totals"]["images"] == 1
+    # Far-off dates cost nothing: the range is cut to the days rows are kept for.
+    wide = httpx.get(
+        team_proxy.base_url + "/usage",
+        params={"start": "1900-01-01", "end": "9999-12-31"},
+        headers=bearer(ROOT),
+    ).json()
+    assert (wide["end"], wide["totals"]["images"]) == (today, 3)
+    assert wide["start"] == (date.fromisoformat(today) - timedelta(days=90)).isoformat()
 
 
 @pytest.mark.parametrize(
@@ -288,7 +297,10 @@ def test_health_gives_per_account_detail_only_to_admin_keys(team_proxy, emulator
 
 
 def test_user_keys_use_models_and_images_but_no_key_is_refused(team_proxy):
-    assert httpx.get(team_proxy.base_url + "/models", headers=bearer(ALICE)).status_code == 200
+    every = httpx.get(team_proxy.base_url + "/models", headers=bearer(ALICE)).json()["data"]
+    assert len(every) > 1
+    limited = httpx.get(team_proxy.base_url + "/models", headers=bearer(CAROL)).json()["data"]
+    assert [m["id"] for m in limited] == ["@cf/black-forest-labs/flux-1-schnell"]
     refused = httpx.get(team_proxy.base_url + "/models", headers=bearer(ALICE + "x"))
     assert refused.status_code == 401
     assert assert_openai_error(401, refused.json())["code"] == "invalid_api_key"
