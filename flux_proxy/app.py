@@ -34,6 +34,7 @@ from flux_proxy.settings import Settings
 from flux_proxy.store.base import StateStore
 from flux_proxy.store.factory import open_store
 from flux_proxy.upstream.client import WorkersAIClient
+from flux_proxy.work import ImageWork
 
 
 def create_app(
@@ -71,15 +72,21 @@ def create_app(
                 )
                 await upstream.start()
                 stack.push_async_callback(upstream.close)
+            account_pool = pool or AccountPool(effective, upstream, state, clock, metrics)
+            quota = KeyQuota(state, clock, effective, metrics, keys=keyring)
+            work = ImageWork(effective, account_pool, state, clock, metrics, quota=quota)
+            # Work still running after the requests' grace period is given up at shutdown.
+            stack.push_async_callback(work.close)
             app.state.services = Services(
                 settings=effective,
                 clock=clock,
                 store=state,
-                pool=pool or AccountPool(effective, upstream, state, clock, metrics),
+                pool=account_pool,
                 images=ImageStore(state, effective.image_ttl_seconds),
                 metrics=metrics,
+                work=work,
                 keys=keyring,
-                quota=KeyQuota(state, clock, effective, metrics),
+                quota=quota,
             )
             await stack.enter_async_context(keyring.watching())
             log_event(

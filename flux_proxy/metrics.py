@@ -96,6 +96,36 @@ class Metrics:
             registry=r,
         )
 
+        # --- work: hang-up-safe work, kept results, the seeded cache (issue 9) ---
+        self.finished_after_hangup = Counter(
+            "flux_proxy_images_finished_after_hangup",
+            "Images whose upstream call was already sent when the caller left, finished anyway",
+            ["model"],
+            registry=r,
+        )
+        self.results_kept = Counter(
+            "flux_proxy_results_kept",
+            "Finished results kept for a retry because their caller had left",
+            registry=r,
+        )
+        self.results_collected = Counter(
+            "flux_proxy_results_collected",
+            "Kept results handed to a repeat (Idempotency-Key, SDK retry) instead of paying again",
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "flux_proxy_cache_lookups",
+            "Seeded-cache lookups, by result (hit includes waiting for an identical flight)",
+            ["model", "result"],
+            registry=r,
+        )
+        self.cache_neurons_saved = Counter(
+            "flux_proxy_cache_neurons_saved",
+            "Neurons not spent because a seeded image came from the cache",
+            ["model"],
+            registry=r,
+        )
+
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once per label set."""
         key = (id(metric), labels)

@@ -12,9 +12,11 @@ import asyncio
 import functools
 import hashlib
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 from flux_proxy.clock import Clock, iso, next_utc_midnight, utc_day
+from flux_proxy.errors import ApiError
 from flux_proxy.job import GeneratedImage, ImageJob
 from flux_proxy.logs import log_event
 from flux_proxy.metrics import Metrics
@@ -32,6 +34,23 @@ TRANSIENT_COOLDOWN = 30.0
 
 class UpstreamClient(Protocol):
     async def run(self, account: AccountConfig, job: ImageJob) -> Attempt: ...
+
+
+@dataclass
+class CallProgress:
+    """How far one image's work has got, shared with the work layer (`flux_proxy/work/`).
+
+    A call that was sent is Workers AI working (and billing): when its caller leaves, the work
+    layer lets it run to its end instead of cancelling it, and sets `abandoned` so that no
+    further call (failover to the next account) is started for nobody."""
+
+    calling: int = 0  # upstream calls in flight now
+    sent: int = 0  # upstream calls started so far
+    abandoned: bool = False
+
+
+def caller_gone() -> ApiError:
+    return ApiError(499, "the caller left before an image was made", code="client_gone")
 
 
 def account_key(account: AccountConfig) -> str:
@@ -79,7 +98,9 @@ class AccountPool:
 
     # --- the request path ----------------------------------------------------------------
 
-    async def generate(self, job: ImageJob, *, request_id: str) -> GeneratedImage:
+    async def generate(
+        self, job: ImageJob, *, request_id: str, progress: CallProgress | None = None
+    ) -> GeneratedImage:
         """An image from the first account that can make it; ApiError when none can."""
         run = RequestTally(deadline=self.clock.now() + self.settings.request_deadline)
         order = await self._order()
@@ -95,10 +116,12 @@ class AccountPool:
                     break
                 if self._skip_reason(account, job, blocks, run):
                     continue
+                if progress is not None and progress.abandoned:
+                    raise caller_gone()
                 if not self.slots.try_take(account.number):
                     busy.append(account)
                     continue
-                image = await self._try(account, job, run, request_id)
+                image = await self._try(account, job, run, request_id, progress)
                 if image is not None:
                     return image
                 if run.deadline_hit:
@@ -173,7 +196,12 @@ class AccountPool:
         return reason
 
     async def _try(
-        self, account: AccountConfig, job: ImageJob, run: RequestTally, request_id: str
+        self,
+        account: AccountConfig,
+        job: ImageJob,
+        run: RequestTally,
+        request_id: str,
+        progress: CallProgress | None = None,
     ) -> GeneratedImage | None:
         """One attempt on an account whose slot the caller took. Gives the slot back."""
         number, key = account.number, self._keys_of(account)[0]
@@ -195,7 +223,15 @@ class AccountPool:
                 run.returns.append(next_utc_midnight(now))
                 self._count_skip(number, "budget")
                 return None
-            attempt = await self._call(account, job, run)
+            if progress is None:
+                attempt = await self._call(account, job, run)
+            else:
+                progress.calling += 1
+                progress.sent += 1
+                try:
+                    attempt = await self._call(account, job, run)
+                finally:
+                    progress.calling -= 1
             if attempt.kind is OutcomeKind.SUCCESS or attempt.maybe_billed:
                 spent = attempt.neurons if attempt.neurons is not None else estimate
                 await self.store.settle(reservation, spent)

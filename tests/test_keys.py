@@ -419,3 +419,31 @@ def test_keys_new_prints_a_key_once_and_a_block_that_works(make_proxy, tmp_path,
         check=True,
     )
     assert key not in second.stdout  # a fresh random key every time
+
+
+def test_seeded_cache_hits_fill_their_own_columns_and_cost_no_quota(team_proxy, emulator):
+    body = {"prompt": "the same lighthouse", "seed": 7, **SMALL}
+    answers = [
+        httpx.post(
+            team_proxy.base_url + "/images/generations",
+            headers=bearer(ALICE),
+            json=body,
+            timeout=30,
+        )
+        for _ in range(2)
+    ]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [a.headers["x-flux-cache"] for a in answers] == ["miss", "hit"]
+    assert len(emulator.calls()) == 1
+
+    rows = httpx.get(
+        team_proxy.base_url + "/usage", params={"group_by": "account"}, headers=bearer(ALICE)
+    ).json()["data"]
+    made = answers[0].json()
+    assert [(r["account"], r["images"], r["requests"], r["cache_hits"]) for r in rows] == [
+        (made["account_used"], 1, 1, 0),
+        (None, 0, 1, 1),
+    ]
+    assert rows[1]["neurons_saved"] == pytest.approx(made["usage"]["neurons"], abs=0.01)
+    quota = httpx.get(team_proxy.base_url + "/usage/quota", headers=bearer(ALICE)).json()
+    assert quota["images_used"] == 1 and quota["images_remaining"] == 1

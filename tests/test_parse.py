@@ -59,7 +59,7 @@ class FakePool:
     jobs: list[ImageJob] = field(default_factory=list)
     failures: dict[int, Exception] = field(default_factory=dict)
 
-    async def generate(self, job: ImageJob, *, request_id: str) -> GeneratedImage:
+    async def generate(self, job: ImageJob, *, request_id: str, progress=None) -> GeneratedImage:
         index = len(self.jobs)
         self.jobs.append(job)
         if index in self.failures:

@@ -367,6 +367,123 @@ async def test_putting_a_blob_again_replaces_it(store):
     assert await store.get_blob("img-1") == (b"new", "image/jpeg")
 
 
+# --- work: markers ------------------------------------------------------------------------
+
+
+async def test_claim_is_taken_once_and_names_its_holder_to_others(store):
+    assert await store.claim("idem:alice:k1", "fp-a replica-1", ttl=60) is None
+
+    assert await store.claim("idem:alice:k1", "fp-b replica-2", ttl=60) == "fp-a replica-1"
+    assert await store.holder_of("idem:alice:k1") == "fp-a replica-1"
+    assert await store.holder_of("idem:alice:k2") is None
+
+
+async def test_unclaim_releases_only_for_the_holder(store):
+    await store.claim("m", "holder-1", ttl=60)
+
+    await store.unclaim("m", "holder-2")
+    assert await store.holder_of("m") == "holder-1"
+
+    await store.unclaim("m", "holder-1")
+    assert await store.holder_of("m") is None
+    assert await store.claim("m", "holder-2", ttl=60) is None
+
+
+async def test_claim_lapses_after_its_ttl_and_can_be_taken_again(store, clock):
+    await store.claim("m", "crashed replica", ttl=30)
+    clock.advance(31)
+
+    assert await store.holder_of("m") is None
+    assert await store.claim("m", "next", ttl=30) is None
+    await store.unclaim("m", "crashed replica")  # a late release does not drop the new claim
+    assert await store.holder_of("m") == "next"
+
+
+async def test_concurrent_claims_have_exactly_one_winner(store):
+    results = await asyncio.gather(*(store.claim("m", f"h{i}", ttl=60) for i in range(20)))
+
+    winners = [i for i, result in enumerate(results) if result is None]
+    assert len(winners) == 1
+    assert all(result == f"h{winners[0]}" for result in results if result is not None)
+
+
+# --- work: kept results --------------------------------------------------------------------
+
+
+async def test_result_round_trips_and_expires(store, clock):
+    data = b"fingerprint\n" + bytes(range(256)) * 1000
+    await store.put_result("fp:alice:abc", data, ttl=900)
+
+    assert await store.get_result("fp:alice:abc") == data
+    assert await store.get_result("fp:bob:abc") is None
+    clock.advance(901)
+    assert await store.get_result("fp:alice:abc") is None
+
+
+async def test_putting_a_result_again_replaces_it(store):
+    await store.put_result("r", b"old", ttl=60)
+    await store.put_result("r", b"new", ttl=60)
+
+    assert await store.get_result("r") == b"new"
+
+
+# --- work: the seeded cache ------------------------------------------------------------------
+
+
+async def test_cache_entry_round_trips_and_counts_in_stats(store):
+    assert await store.cache_stats() == {"entries": 0, "bytes": 0}
+    await store.cache_put("k1", b"x" * 100, ttl=3600, max_bytes=10_000)
+    await store.cache_put("k2", b"y" * 50, ttl=3600, max_bytes=10_000)
+
+    assert await store.cache_get("k1") == b"x" * 100
+    assert await store.cache_get("unknown") is None
+    assert await store.cache_stats() == {"entries": 2, "bytes": 150}
+
+
+async def test_cache_entry_expires_after_its_ttl(store, clock):
+    await store.cache_put("k1", b"x" * 10, ttl=60, max_bytes=1000)
+    clock.advance(61)
+
+    assert await store.cache_get("k1") is None
+    assert await store.cache_stats() == {"entries": 0, "bytes": 0}
+
+
+async def test_cache_evicts_least_recently_used_beyond_max_bytes(store):
+    for key in ("a", "b", "c"):
+        await store.cache_put(key, b"." * 100, ttl=3600, max_bytes=300)
+    assert await store.cache_get("a") is not None  # "b" is now the least recently used
+
+    await store.cache_put("d", b"." * 100, ttl=3600, max_bytes=300)
+
+    assert await store.cache_get("b") is None
+    assert [await store.cache_get(k) is not None for k in ("a", "c", "d")] == [True] * 3
+    assert await store.cache_stats() == {"entries": 3, "bytes": 300}
+
+
+async def test_cache_replacing_an_entry_counts_its_size_once(store):
+    await store.cache_put("k", b"." * 100, ttl=3600, max_bytes=1000)
+    await store.cache_put("k", b"," * 40, ttl=3600, max_bytes=1000)
+
+    assert await store.cache_get("k") == b"," * 40
+    assert await store.cache_stats() == {"entries": 1, "bytes": 40}
+
+
+async def test_cache_entry_larger_than_the_cache_is_not_kept(store):
+    await store.cache_put("small", b"." * 10, ttl=3600, max_bytes=100)
+    await store.cache_put("huge", b"." * 101, ttl=3600, max_bytes=100)
+
+    assert await store.cache_get("huge") is None
+    assert await store.cache_get("small") is not None
+
+
+async def test_cache_drop_removes_the_entry(store):
+    await store.cache_put("k", b"." * 10, ttl=3600, max_bytes=100)
+    await store.cache_drop("k")
+
+    assert await store.cache_get("k") is None
+    assert await store.cache_stats() == {"entries": 0, "bytes": 0}
+
+
 # --- health --------------------------------------------------------------------------------
 
 

@@ -1,5 +1,9 @@
 """Making the `n` images of one request: each job through the pool, then finished (converted
 when asked) in the same task, so one image's conversion overlaps the others' generation.
+
+The images handlers go through the work layer (`flux_proxy/work/`, `ImageWork.produce`) and
+use `finish_all` to turn its `WorkResult` into an `Outcome` in the form asked for;
+`generate_all` is the direct path the work layer replaced, kept for stand-ins and tests.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from flux_proxy.api.render import Outcome
 from flux_proxy.errors import ApiError
 from flux_proxy.job import ImageJob
 from flux_proxy.logs import log_event
+from flux_proxy.work.results import WorkResult
 
 
 async def make_image(
@@ -59,3 +64,13 @@ async def generate_all(pool: Any, image_request: ImageRequest, request_id: str) 
     if not images:
         raise errors[0][1]
     return Outcome(images, errors)
+
+
+async def finish_all(result: WorkResult, image_request: ImageRequest) -> Outcome:
+    """The work's images in the form this request asks for (converted concurrently when its
+    `output_format`/`output_compression` differs from the upstream's bytes)."""
+    finished = await asyncio.gather(
+        *(finish(made.image, image_request, made.seed) for made in result.images)
+    )
+    images = [(made.index, output) for made, output in zip(result.images, finished, strict=True)]
+    return Outcome(images, list(result.errors))

@@ -57,6 +57,7 @@ class ImageRequest:
     output_compression: int | None = None  # 0-100, jpeg and webp only
     quality: str = "auto"  # echoed; no served model has a quality knob
     background: str = "auto"  # auto | opaque
+    requested_seed: int | None = None  # the caller's `seed`; None: random seeds (see `seeds`)
 
     def jobs(self) -> list[ImageJob]:
         return [replace(self.job, seed=seed) for seed in self.seeds]
@@ -127,6 +128,7 @@ async def build_image_request(raw: RawRequest, settings: Settings, *, edit: bool
         output_compression=output_compression,
         quality=quality,
         background=background,
+        requested_seed=seed if model.takes_seed else None,
     )
 
 

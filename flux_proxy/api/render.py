@@ -127,6 +127,7 @@ async def images_body(
     created: int,
     image_store: ImageStore,
     base_url: str,
+    result_id: str | None = None,
 ) -> dict:
     job = request.job
     data = [
@@ -138,7 +139,7 @@ async def images_body(
     neurons = [o.image.neurons for _, o in outcome.images if o.image.neurons is not None]
     body: dict = {
         "created": created,
-        "id": f"img_{secrets.token_hex(16)}",
+        "id": result_id or f"img_{secrets.token_hex(16)}",
         "object": "image.generation",
         "model": job.model.id,
         "data": data,

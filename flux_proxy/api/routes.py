@@ -6,8 +6,7 @@ lifespan puts on `app.state.services`.
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,13 @@ from flux_proxy.api import usage as usage_api
 from flux_proxy.api.body import read_request
 from flux_proxy.api.caller import caller_of
 from flux_proxy.api.disconnect import unless_disconnected
-from flux_proxy.api.generate import generate_all
+from flux_proxy.api.generate import finish_all
 from flux_proxy.api.middleware import note, optional_caller
 from flux_proxy.api.model_lookup import lookup_model
 from flux_proxy.api.parse import build_image_request
 from flux_proxy.api.render import FILES_PATH, base_url_for, images_body, json_response
 from flux_proxy.api.stream import image_events, stream_response
+from flux_proxy.api.work_options import work_headers, work_options
 from flux_proxy.clock import Clock, iso, next_utc_midnight
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
@@ -50,6 +50,7 @@ class Services:
     pool: Any  # AccountPool, or a stand-in with the same methods
     images: ImageStore
     metrics: Metrics
+    work: Any = None  # flux_proxy.work.ImageWork: the one path from every entry point to the pool
     keys: Any = None  # KeyRing: who may call (flux_proxy/keys/ring.py)
     quota: Any = None  # KeyQuota: per-key quotas and usage rows (flux_proxy/keys/quota.py)
 
@@ -81,35 +82,44 @@ async def _images(request: Request, *, edit: bool) -> Response:
     )
     image_request = await build_image_request(raw, settings, edit=edit)
     note(request.scope, model=image_request.job.model.short_name, n=image_request.n)
-    # The key's model list and daily quota, held before any upstream call (403 / 429).
-    hold = await svc.quota.reserve(caller_of(request.scope), image_request)
-    pool = hold.counting(svc.pool)
     if settings.log_prompts:
         log_event("prompt", request_id=request_id, prompt=image_request.prompt_text)
+    options = work_options(request)
 
     if image_request.stream:
         # From here on the answer is a 200 event stream; failures become error events.
         note(request.scope, stream=True)
+        # The key's model list and quota, checked while a 403 or 429 can still be the answer;
+        # the work layer holds the quota itself (a race past this check is an error event).
+        await svc.quota.check(caller_of(request.scope), image_request)
         events = image_events(
-            replace(svc, pool=pool),
+            svc,
             image_request,
             edit=edit,
             request_id=request_id,
             base_url=base_url_for(request, settings),
             scope=request.scope,
+            options=options,
         )
-        return stream_response(hold.finishing(events))
+        return stream_response(events)
 
-    # A caller who hangs up stops costing: the upstream calls are cancelled, slots freed.
-    try:
-        outcome = await unless_disconnected(request, generate_all(pool, image_request, request_id))
-    finally:
-        await asyncio.shield(hold.finish())
-    note(request.scope, account=outcome.images[0][1].image.account)
+    # A caller who hangs up stops costing what was not sent yet; sent calls finish and their
+    # result is kept for a retry (see flux_proxy/work/).
+    result = await unless_disconnected(
+        request, svc.work.produce(image_request, request_id=request_id, **options)
+    )
+    outcome = await finish_all(result, image_request)
+    note(
+        request.scope,
+        account=outcome.images[0][1].image.account,
+        cache=result.cache,
+        replayed=result.replayed or None,
+    )
     body = await images_body(
         outcome,
         image_request,
-        created=int(svc.clock.now()),
+        created=result.created,
+        result_id=result.id,
         image_store=svc.images,
         # Only URL entries need the base; working it out reads several headers.
         base_url=""
@@ -121,7 +131,7 @@ async def _images(request: Request, *, edit: bool) -> Response:
         image_request.job.model.short_name,
         image_request.response_format or "both",
     ).inc(len(outcome.images))
-    return json_response(body)
+    return json_response(body, headers=work_headers(result))
 
 
 async def image_file(request: Request) -> Response:
@@ -207,6 +217,8 @@ async def health(request: Request) -> Response:
         "accounts": accounts,
         "store": store,
     }
+    if svc.work is not None:
+        body["cache"] = await svc.work.cache.stats()
     # Per-account detail (masked ids, budgets, errors) and the store's whereabouts are for
     # admin keys; anyone else gets the summary: status, counts per state, the next reset.
     caller = optional_caller(request.scope, svc.keys, enabled=not settings.no_auth)

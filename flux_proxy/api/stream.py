@@ -16,7 +16,8 @@ What a streaming caller gets (status 200, `text/event-stream`):
 
 A request that is invalid before anything is made gets the ordinary JSON 4xx instead: the SDK
 checks the status before it reads a stream and raises the matching error (`BadRequestError`).
-If the caller hangs up, the images still being made are cancelled.
+If the caller hangs up, images not yet sent upstream are cancelled; sent ones are finished and
+kept for a retry (see `flux_proxy/work/`). A replayed or cached answer streams the same way.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ import orjson
 from starlette.responses import StreamingResponse
 from starlette.types import Scope
 
-from flux_proxy.api.generate import failure_of, make_image
+from flux_proxy.api.generate import failure_of
 from flux_proxy.api.middleware import note
-from flux_proxy.api.output import OutputImage
+from flux_proxy.api.output import finish
 from flux_proxy.api.parse import ImageRequest
 from flux_proxy.api.render import store_image, stream_event
 from flux_proxy.errors import ApiError
+from flux_proxy.work.results import MadeImage, WorkFailed
 
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -68,61 +70,70 @@ async def image_events(
     request_id: str,
     base_url: str,
     scope: Scope,
+    options: dict,
 ) -> AsyncIterator[bytes]:
-    """The SSE body. Never raises: every failure becomes an error event."""
+    """The SSE body, through the work layer (`ImageWork.produce`, each image as it is ready).
+    Never raises: every failure becomes an error event."""
     yield KEEPALIVE
     event_name = "image_edit.completed" if edit else "image_generation.completed"
-    jobs = image_request.jobs()
-    tasks: dict[asyncio.Task[OutputImage], int] = {}
-    for index, job in enumerate(jobs):
-        task = asyncio.create_task(make_image(services.pool, job, image_request, request_id))
-        # Retrieve every outcome, so an image failing after a hang-up is not logged as lost.
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        tasks[task] = index
-    failures: list[tuple[int, ApiError]] = []
+    ready: asyncio.Queue[MadeImage] = asyncio.Queue()
+    work = asyncio.ensure_future(
+        services.work.produce(
+            image_request, request_id=request_id, on_image=ready.put_nowait, **options
+        )
+    )
+    # Retrieve every outcome, so a failure after a hang-up is not logged as lost.
+    work.add_done_callback(lambda t: t.cancelled() or t.exception())
     made = 0
     try:
-        pending = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(
-                pending,
-                timeout=services.settings.stream_keepalive_seconds,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if not done:
-                yield KEEPALIVE
-                continue
-            for task in sorted(done, key=tasks.__getitem__):
-                index = tasks[task]
-                error = task.exception()
-                if error is not None:
-                    failures.append((index, failure_of(error, request_id=request_id, index=index)))
-                    continue
-                output = task.result()
-                url = None
-                if image_request.response_format == "url":
-                    url = await store_image(output, services.images, base_url)
-                if made == 0:
-                    note(scope, account=output.image.account)
-                made += 1
-                created_at = int(services.clock.now())
-                yield sse(
-                    event_name,
-                    stream_event(
-                        output,
-                        image_request,
-                        edit=edit,
-                        created_at=created_at,
-                        index=index,
-                        url=url,
-                    ),
+        while not (work.done() and ready.empty()):
+            if ready.empty():
+                getter = asyncio.ensure_future(ready.get())
+                done, _ = await asyncio.wait(
+                    {getter, work},
+                    timeout=services.settings.stream_keepalive_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
+                if getter.done():
+                    ready.put_nowait(getter.result())
+                else:
+                    getter.cancel()
+                if not done:
+                    yield KEEPALIVE
+                continue
+            image = ready.get_nowait()
+            output = await finish(image.image, image_request, image.seed)
+            url = None
+            if image_request.response_format == "url":
+                url = await store_image(output, services.images, base_url)
+            if made == 0:
+                note(scope, account=output.image.account)
+            made += 1
+            event = stream_event(
+                output,
+                image_request,
+                edit=edit,
+                created_at=int(services.clock.now()),
+                index=image.index,
+                url=url,
+            )
+            yield sse(event_name, event)
         if made:
             services.metrics.images.labels(image_request.job.model.short_name, "stream").inc(made)
+        error = work.exception()
+        failures: list[tuple[int, ApiError]] = []
+        if isinstance(error, WorkFailed):
+            failures = list(error.errors)
+        elif error is not None:
+            failures = [(0, failure_of(error, request_id=request_id, index=0))]
+        else:
+            result = work.result()
+            failures = list(result.errors)
+            note(scope, cache=result.cache, replayed=result.replayed or None)
         if failures:
             failures.sort(key=lambda pair: pair[0])
             note(scope, stream_error=failures[0][1].code or failures[0][1].status)
-            yield sse("error", error_event(failures, len(jobs)))
+            yield sse("error", error_event(failures, image_request.n))
         yield DONE
     except (asyncio.CancelledError, GeneratorExit):
         note(scope, client_gone=True)
@@ -132,5 +143,6 @@ async def image_events(
         yield sse("error", error_event([(0, error)], 1))
         yield DONE
     finally:
-        for task in tasks:
-            task.cancel()
+        # The caller left (or we failed): the work layer cancels what was not sent yet and
+        # lets sent calls finish, keeping their result for a retry.
+        work.cancel()

@@ -71,6 +71,13 @@ class KeyRing:
                 found = entry.caller
         return found
 
+    def caller_named(self, name: str) -> Caller | None:
+        """The key called `name` as loaded now (for entry points that carry only the name)."""
+        for entry in self._entries:
+            if entry.caller.name == name:
+                return entry.caller
+        return None
+
     @property
     def names(self) -> list[str]:
         return [entry.caller.name for entry in self._entries]

@@ -215,6 +215,46 @@ class StateStore(Protocol):
         """Every row with `first_day <= day <= last_day` (for one key, or all), in no order."""
         ...
 
+    # --- work: in-flight markers, kept results, the seeded cache ------------------------------
+    # Markers say "this work is being done, by `holder`" (Redis: SET NX PX), so a repeat on any
+    # replica waits for it instead of paying again. Results are a finished request's answer,
+    # kept for retries to collect. The cache holds seeded images by content key, least
+    # recently used first out beyond `max_bytes`.
+    async def claim(self, key: str, holder: str, ttl: float) -> str | None:
+        """Mark `key` as held by `holder` for `ttl` seconds unless someone holds it already.
+
+        Returns None when the claim was made, else the current holder (changing nothing)."""
+        ...
+
+    async def holder_of(self, key: str) -> str | None:
+        """Who holds `key` now, or None (never claimed, released or lapsed)."""
+        ...
+
+    async def unclaim(self, key: str, holder: str) -> None:
+        """Release `key` if `holder` still holds it (a lapsed and re-taken claim is kept)."""
+        ...
+
+    async def put_result(self, key: str, data: bytes, ttl: float) -> None: ...
+
+    async def get_result(self, key: str) -> bytes | None:
+        """The kept result, or None when missing or expired."""
+        ...
+
+    async def cache_put(self, key: str, data: bytes, ttl: float, max_bytes: int) -> None:
+        """Store (or replace) an entry, then evict least recently used entries until the
+        cache holds at most `max_bytes` (an entry larger than that is not kept)."""
+        ...
+
+    async def cache_get(self, key: str) -> bytes | None:
+        """The entry, or None when missing or expired; a hit makes it the most recently used."""
+        ...
+
+    async def cache_drop(self, key: str) -> None: ...
+
+    async def cache_stats(self) -> dict:
+        """`{"entries": int, "bytes": int}` of live entries, for /health."""
+        ...
+
     # --- health ------------------------------------------------------------------------------
     async def status(self) -> dict:
         """`{"backend": name, "ok": bool, "detail": str}` for /health; never credentials."""

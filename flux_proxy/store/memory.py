@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections import OrderedDict
 
 from flux_proxy.clock import Clock, utc_day
 from flux_proxy.store.base import (
@@ -30,6 +31,12 @@ class MemoryStore:
         self._blobs: dict[str, tuple[bytes, str, float]] = {}
         self._usage_rows: dict[tuple[str, str, str, str], UsageRow] = {}  # (day, key, acct, model)
         self._key_holds: dict[str, tuple[KeyReservation, float]] = {}  # id -> (hold, expires)
+        # work: markers key -> (holder, expires), results key -> (data, expires), and the
+        # cache key -> (data, expires) in least-recently-used-first order.
+        self._claims: dict[str, tuple[str, float]] = {}
+        self._results: dict[str, tuple[bytes, float]] = {}
+        self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._cache_bytes = 0
 
     async def open(self) -> None:
         return None
@@ -173,6 +180,76 @@ class MemoryStore:
             for (day, row_key, _, _), row in self._usage_rows.items()
             if first_day <= day <= last_day and (key is None or row_key == key)
         ]
+
+    # --- work ---
+    async def claim(self, key: str, holder: str, ttl: float) -> str | None:
+        now = self._clock.now()
+        current = self._claims.get(key)
+        if current is not None and current[1] > now:
+            return current[0]
+        self._claims[key] = (holder, now + ttl)
+        return None
+
+    async def holder_of(self, key: str) -> str | None:
+        current = self._claims.get(key)
+        if current is None or current[1] <= self._clock.now():
+            return None
+        return current[0]
+
+    async def unclaim(self, key: str, holder: str) -> None:
+        current = self._claims.get(key)
+        if current is not None and current[0] == holder:
+            del self._claims[key]
+
+    async def put_result(self, key: str, data: bytes, ttl: float) -> None:
+        now = self._clock.now()
+        for k, (_, expires) in list(self._results.items()):
+            if expires <= now:
+                del self._results[k]
+        self._results[key] = (data, now + ttl)
+
+    async def get_result(self, key: str) -> bytes | None:
+        item = self._results.get(key)
+        if item is None or item[1] <= self._clock.now():
+            return None
+        return item[0]
+
+    async def cache_put(self, key: str, data: bytes, ttl: float, max_bytes: int) -> None:
+        self._cache_remove(key)
+        if len(data) > max_bytes:
+            return
+        self._cache[key] = (data, self._clock.now() + ttl)
+        self._cache_bytes += len(data)
+        self._cache_expire()
+        while self._cache_bytes > max_bytes and self._cache:
+            self._cache_remove(next(iter(self._cache)))
+
+    async def cache_get(self, key: str) -> bytes | None:
+        item = self._cache.get(key)
+        if item is None:
+            return None
+        if item[1] <= self._clock.now():
+            self._cache_remove(key)
+            return None
+        self._cache.move_to_end(key)
+        return item[0]
+
+    async def cache_drop(self, key: str) -> None:
+        self._cache_remove(key)
+
+    async def cache_stats(self) -> dict:
+        self._cache_expire()
+        return {"entries": len(self._cache), "bytes": self._cache_bytes}
+
+    def _cache_remove(self, key: str) -> None:
+        item = self._cache.pop(key, None)
+        if item is not None:
+            self._cache_bytes -= len(item[0])
+
+    def _cache_expire(self) -> None:
+        now = self._clock.now()
+        for key in [k for k, (_, expires) in self._cache.items() if expires <= now]:
+            self._cache_remove(key)
 
     async def status(self) -> dict:
         return {"backend": self.name, "ok": True, "detail": "in-process; forgotten on restart"}

@@ -1,0 +1,49 @@
+"""What an images request's headers ask of the work layer, and the headers that answer it.
+
+- `Idempotency-Key`: the same key from the same caller is the same work (Stripe's and
+  OpenAI's convention); at most 255 characters.
+- `x-stainless-retry-count` >= 1: the openai SDKs' own automatic retry of a request that timed
+  out or failed; with the same fingerprint and caller it attaches to the earlier work.
+- `Cache-Control: no-cache` / `no-store`: the seeded cache's policy.
+
+Answers carry `x-flux-cache: hit|miss|bypass`, and `x-flux-replayed: true` when served from
+earlier work.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from flux_proxy.api.caller import caller_of
+from flux_proxy.errors import invalid
+from flux_proxy.work.cache import CachePolicy
+from flux_proxy.work.results import WorkResult
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def work_options(request: Request) -> dict:
+    """Keyword arguments for `ImageWork.produce` (besides the request and its id)."""
+    headers = request.headers
+    key = headers.get("idempotency-key")
+    if key is not None:
+        key = key.strip()
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+            raise invalid(
+                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
+                param="Idempotency-Key",
+            )
+    retry = headers.get("x-stainless-retry-count", "").strip()
+    return {
+        "caller": caller_of(request.scope).name,
+        "idempotency_key": key,
+        "sdk_retry": retry.isdigit() and int(retry) >= 1,
+        "cache": CachePolicy.from_header(headers.get("cache-control")),
+    }
+
+
+def work_headers(result: WorkResult) -> dict[str, str]:
+    headers = {"x-flux-cache": result.cache}
+    if result.replayed:
+        headers["x-flux-replayed"] = "true"
+    return headers

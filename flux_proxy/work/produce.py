@@ -1,0 +1,387 @@
+"""`ImageWork.produce`: the one way every entry point (HTTP, async jobs, batch lines, MCP) gets
+the images of an `ImageRequest`. Rendering them (JSON, URL, SSE) stays with the entry point.
+
+What it guarantees (issue 9):
+- a call that was sent runs to its end even when the caller leaves (`produce` is cancelled):
+  its neurons are settled, and the finished result is kept (`RESULT_TTL_SECONDS`) for a retry
+  to collect. Images still waiting (for a slot, for a flight) are cancelled at once, freeing
+  everything, as before;
+- a repeat (same `Idempotency-Key`, or an SDK retry of the same request) waits for the work
+  still in flight or gets the kept result; only failed work is tried again (`repeats.py`);
+- seeded images come from the content-addressed cache, one call per identical image however
+  many ask at once (`cache.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from flux_proxy.api.parse import ImageRequest
+from flux_proxy.clock import Clock
+from flux_proxy.errors import ApiError
+from flux_proxy.job import ImageJob
+from flux_proxy.logs import log_event
+from flux_proxy.metrics import Metrics
+from flux_proxy.pool import CallProgress
+from flux_proxy.settings import Settings
+from flux_proxy.store.base import StateStore
+from flux_proxy.work.cache import CachePolicy, SeededCache
+from flux_proxy.work.fingerprint import Fingerprint
+from flux_proxy.work.repeats import (
+    Repeats,
+    idempotency_store_key,
+    key_reused,
+    retry_store_key,
+)
+from flux_proxy.work.results import MadeImage, WorkFailed, WorkResult
+
+__all__ = ["CachePolicy", "ImageWork", "MadeImage", "WorkResult"]
+
+OnImage = Callable[[MadeImage], None]
+
+
+def _internal(error: BaseException, request_id: str, index: int) -> ApiError:
+    """An image's failure as a caller may see it: ApiErrors as they are, anything else an
+    internal error (logged by type, never shown)."""
+    if isinstance(error, ApiError):
+        return error
+    log_event(
+        "generate_failed",
+        logging.ERROR,
+        request_id=request_id,
+        index=index,
+        error=type(error).__name__,
+    )
+    return ApiError(500, "internal error", code="internal_error")
+
+
+class _Request:
+    """One `produce` call's context; the fingerprint is computed at most once."""
+
+    def __init__(self, request: ImageRequest, caller: str, request_id: str, cache: CachePolicy):
+        self.request = request
+        self.caller = caller
+        self.request_id = request_id
+        self.cache = cache
+        self._fingerprint: Fingerprint | None = None
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        if self._fingerprint is None:
+            self._fingerprint = Fingerprint(self.request)
+        return self._fingerprint
+
+
+class ImageWork:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Any,
+        store: StateStore,
+        clock: Clock,
+        metrics: Metrics,
+        quota: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        # teams: per-key quotas (flux_proxy/keys/quota.py), held for new work only.
+        self.quota = quota
+        self.clock = clock
+        self.metrics = metrics
+        # Who holds a marker: this process, for as long as it runs.
+        self.holder = f"work-{secrets.token_hex(8)}"
+        self.repeats = Repeats(
+            store, clock, result_ttl=settings.result_ttl_seconds, holder=self.holder
+        )
+        self.cache = SeededCache(
+            store,
+            clock,
+            ttl=settings.cache_ttl_seconds,
+            max_bytes=settings.cache_max_bytes,
+            holder=self.holder,
+        )
+        self._background: set[asyncio.Task] = set()
+
+    @property
+    def _work_limit(self) -> float:
+        """How long a piece of work can take: the longest a repeat waits, a marker lives."""
+        return self.settings.request_deadline + self.settings.upstream_read_timeout
+
+    # --- the entry point -----------------------------------------------------------------
+
+    async def produce(
+        self,
+        request: ImageRequest,
+        *,
+        caller: str,
+        request_id: str,
+        idempotency_key: str | None = None,
+        sdk_retry: bool = False,
+        cache: CachePolicy = CachePolicy.USE,
+        on_image: OnImage | None = None,
+    ) -> WorkResult:
+        """The images of `request` for `caller` (`Caller.name`).
+
+        Raises `WorkFailed` (an ApiError: the first image's failure, with every image's in
+        `errors`) when no image was made; with some made, the failures are in
+        `WorkResult.errors`. `on_image` is called as each image is ready (for
+        streaming). Cancelling this (the caller left) cancels what has not been sent and lets
+        sent calls finish, keeping their result for a retry.
+        """
+        work = _Request(request, caller, request_id, cache)
+        if idempotency_key is not None:
+            return await self._by_idempotency_key(work, idempotency_key, on_image)
+        if sdk_retry:
+            key = retry_store_key(caller, work.fingerprint.request)
+            await self.repeats.wait(key, self._work_limit)
+            kept = await self.repeats.collect(key, work.fingerprint.request)
+            if kept is not None:
+                return self._replayed(kept, on_image)
+        return await self._make(work, on_image, claimed=None)
+
+    async def close(self) -> None:
+        """Server shutdown: work still running after the grace period is given up."""
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(BaseException):
+                await task
+
+    # --- repeats -------------------------------------------------------------------------
+
+    async def _by_idempotency_key(
+        self, work: _Request, idempotency_key: str, on_image: OnImage | None
+    ) -> WorkResult:
+        key = idempotency_store_key(work.caller, idempotency_key)
+        fingerprint = work.fingerprint.request
+        while True:
+            kept = await self.repeats.collect(key, fingerprint)
+            if kept is not None:
+                return self._replayed(kept, on_image)
+            holder = await self.repeats.claim(key, fingerprint, self._work_limit)
+            if holder is None:
+                return await self._make(work, on_image, claimed=key)
+            if holder != fingerprint:
+                raise key_reused()
+            await self.repeats.wait(key, self._work_limit)
+
+    def _replayed(self, kept: WorkResult, on_image: OnImage | None) -> WorkResult:
+        self.metrics.results_collected.inc()
+        if on_image is not None:
+            for made in kept.images:
+                on_image(made)
+        if not kept.images:
+            raise WorkFailed(kept.errors)
+        return kept
+
+    # --- making ----------------------------------------------------------------------------
+
+    async def _make(
+        self, work: _Request, on_image: OnImage | None, *, claimed: str | None
+    ) -> WorkResult:
+        # The key's model list and daily quota, held before any upstream call (403 / 429).
+        hold = await self.quota.reserve(work.caller, work.request) if self.quota else None
+        jobs = work.request.jobs()
+        progress = [CallProgress() for _ in jobs]
+        tasks = [
+            asyncio.create_task(self._image(work, index, job, progress[index], on_image))
+            for index, job in enumerate(jobs)
+        ]
+        for task in tasks:  # outcomes are read by _assemble; this only quiets the loop's log
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        created = int(self.clock.now())
+        result_id = f"img_{secrets.token_hex(16)}"
+        try:
+            await asyncio.wait(tasks)
+        except asyncio.CancelledError:
+            self._abandon(work, tasks, progress, claimed, result_id, created, hold)
+            raise
+        result = self._assemble(work, tasks, result_id, created)
+        if hold is not None:
+            await asyncio.shield(hold.settle(result.images))
+        if claimed is not None:
+            # Shielded: a caller leaving now must not lose what is already made.
+            await asyncio.shield(self._keep_and_release(work, result, [claimed], claimed))
+        if not result.images:
+            raise WorkFailed(result.errors)
+        return result
+
+    async def _image(
+        self,
+        work: _Request,
+        index: int,
+        job: ImageJob,
+        progress: CallProgress,
+        on_image: OnImage | None,
+    ) -> MadeImage:
+        request = work.request
+        cacheable = (
+            self.cache.enabled
+            and request.requested_seed is not None
+            and job.seed is not None
+            and work.cache is not CachePolicy.BYPASS
+        )
+
+        async def make():
+            return await self.pool.generate(job, request_id=work.request_id, progress=progress)
+
+        if not cacheable:
+            made = MadeImage(index, await make(), job.seed)
+        else:
+            made = await self._seeded(work, index, job, make)
+        if on_image is not None:
+            on_image(made)
+        return made
+
+    async def _seeded(self, work: _Request, index: int, job: ImageJob, make) -> MadeImage:
+        assert job.seed is not None
+        key = work.fingerprint.image(job.seed)
+        model = job.model.short_name
+        metrics = self.metrics
+        if work.cache is CachePolicy.USE:
+            found = await self.cache.get(key)
+            if found is None:
+                found, shared = await self.cache.single_flight(
+                    key, make, wait_limit=self._work_limit
+                )
+            else:
+                shared = True
+        else:  # REFRESH: make anew, then replace the entry
+            found, shared = await make(), False
+            try:
+                await self.cache.put(key, found)
+            except Exception as exc:  # the image is paid for and goes out; only caching failed
+                log_event("cache_put_failed", logging.WARNING, error=type(exc).__name__)
+        if shared:
+            metrics.child(metrics.cache_lookups, model, "hit").inc()
+            metrics.child(metrics.cache_neurons_saved, model).inc(found.neurons or 0.0)
+        else:
+            metrics.child(metrics.cache_lookups, model, "miss").inc()
+        return MadeImage(index, found, job.seed, cached=shared)
+
+    def _assemble(
+        self, work: _Request, tasks: list[asyncio.Task], result_id: str, created: int
+    ) -> WorkResult:
+        images: list[MadeImage] = []
+        errors: list[tuple[int, ApiError]] = []
+        for index, task in enumerate(tasks):
+            if task.cancelled():
+                continue
+            error = task.exception()
+            if error is not None:
+                if not isinstance(error, Exception):
+                    raise error
+                errors.append((index, _internal(error, work.request_id, index)))
+            else:
+                images.append(task.result())
+        cache = "bypass"
+        if any(m.seed is not None for m in images) and self._cacheable(work):
+            cache = "hit" if images and all(m.cached for m in images) else "miss"
+        return WorkResult(result_id, created, images, errors, cache=cache)
+
+    def _cacheable(self, work: _Request) -> bool:
+        return (
+            self.cache.enabled
+            and work.request.requested_seed is not None
+            and work.cache is not CachePolicy.BYPASS
+        )
+
+    # --- the caller left -----------------------------------------------------------------
+
+    def _abandon(
+        self,
+        work: _Request,
+        tasks: list[asyncio.Task],
+        progress: list[CallProgress],
+        claimed: str | None,
+        result_id: str,
+        created: int,
+        hold: Any = None,
+    ) -> None:
+        """Cancel the images no call was sent for; let the sent ones finish, and keep their
+        result under the caller's retry key (and the Idempotency-Key, if any)."""
+        running = []
+        for task, state in zip(tasks, progress, strict=True):
+            if task.done():
+                continue
+            if state.calling:
+                state.abandoned = True  # no failover to another account for nobody
+                running.append(task)
+            else:
+                task.cancel()
+        made_before = any(t.done() and not t.cancelled() and not t.exception() for t in tasks)
+        if not running and not made_before:
+            if claimed is not None:
+                self._spawn(self.repeats.release(claimed, work.fingerprint.request))
+            if hold is not None:
+                self._spawn(hold.finish())
+            return
+        retry_key = retry_store_key(work.caller, work.fingerprint.request)
+        self.repeats.hold_locally(retry_key)  # a retry here waits from this very moment
+        self._spawn(
+            self._finish_abandoned(
+                work, tasks, running, claimed, retry_key, result_id, created, hold
+            )
+        )
+
+    async def _finish_abandoned(
+        self,
+        work: _Request,
+        tasks: list[asyncio.Task],
+        running: list[asyncio.Task],
+        claimed: str | None,
+        retry_key: str,
+        result_id: str,
+        created: int,
+        hold: Any = None,
+    ) -> None:
+        fingerprint = work.fingerprint.request
+        keys = [retry_key] + ([claimed] if claimed else [])
+        try:
+            await self.repeats.claim(retry_key, fingerprint, self._work_limit)
+            await asyncio.wait(tasks)  # the running ones, and the cancelled ones ending
+            finished = sum(1 for t in running if not t.cancelled() and not t.exception())
+            if finished:
+                self.metrics.child(
+                    self.metrics.finished_after_hangup, work.request.job.model.short_name
+                ).inc(finished)
+            result = self._assemble(work, tasks, result_id, created)
+            if hold is not None:
+                await hold.settle(result.images)
+            if result.images:
+                await self.repeats.keep(keys, fingerprint, result)
+                self.metrics.results_kept.inc()
+                log_event(
+                    "result_kept",
+                    request_id=work.request_id,
+                    images=len(result.images),
+                    ttl=self.settings.result_ttl_seconds,
+                )
+        finally:
+            if hold is not None:
+                with contextlib.suppress(Exception):
+                    await hold.finish()  # nothing to do if settled above
+            for key in keys:
+                with contextlib.suppress(Exception):
+                    await self.repeats.release(key, fingerprint)
+
+    async def _keep_and_release(
+        self, work: _Request, result: WorkResult, keys: list[str], claimed: str
+    ) -> None:
+        fingerprint = work.fingerprint.request
+        try:
+            if result.images:
+                await self.repeats.keep(keys, fingerprint, result)
+        finally:
+            await self.repeats.release(claimed, fingerprint)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
