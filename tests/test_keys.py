@@ -447,3 +447,22 @@ def test_seeded_cache_hits_fill_their_own_columns_and_cost_no_quota(team_proxy, 
     assert rows[1]["neurons_saved"] == pytest.approx(made["usage"]["neurons"], abs=0.01)
     quota = httpx.get(team_proxy.base_url + "/usage/quota", headers=bearer(ALICE)).json()
     assert quota["images_used"] == 1 and quota["images_remaining"] == 1
+
+
+def test_a_request_refused_by_its_quota_leaves_its_idempotency_key_free(team_proxy, emulator):
+    def send(key: str):
+        return httpx.post(
+            team_proxy.base_url + "/images/generations",
+            headers={**bearer(BOB), "Idempotency-Key": key},
+            json={"prompt": "idempotent", **SMALL, "n": 3},
+            timeout=90,
+        )
+
+    refused = send("order-1")
+    assert refused.status_code == 429, refused.text
+    assert assert_openai_error(429, refused.json())["code"] == "key_quota_exceeded"
+    # The same key again is refused by the quota again, not left waiting on a marker for the
+    # work that never started (which would end in 409 request_in_progress).
+    again = send("order-1")
+    assert again.status_code == 429, again.text
+    assert emulator.calls() == []

@@ -185,7 +185,12 @@ class ImageWork:
         self, work: _Request, on_image: OnImage | None, *, claimed: str | None
     ) -> WorkResult:
         # The key's model list and daily quota, held before any upstream call (403 / 429).
-        hold = await self.quota.reserve(work.caller, work.request) if self.quota else None
+        try:
+            hold = await self.quota.reserve(work.caller, work.request) if self.quota else None
+        except BaseException:
+            if claimed is not None:  # refused: the Idempotency-Key is free for a later try
+                await asyncio.shield(self.repeats.release(claimed, work.fingerprint.request))
+            raise
         jobs = work.request.jobs()
         progress = [CallProgress() for _ in jobs]
         tasks = [
