@@ -122,8 +122,12 @@ async def run_model(request: web.Request) -> web.StreamResponse:
         "fault": None,
     }
     emulator.calls.append(entry)
+    # Workers AI works on (and bills) a call it received even when the client goes away, but
+    # aiohttp cancels this handler on a disconnect: so the call runs in a task of its own.
+    work = asyncio.ensure_future(_run(request, emulator, entry))
+    emulator.track(work)
     try:
-        response = await _run(request, emulator, entry)
+        response = await asyncio.shield(work)
     except CloudflareError as error:
         response = error.response()
         entry["code"] = error.code

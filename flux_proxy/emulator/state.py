@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections import deque
 from typing import Any
@@ -42,6 +43,14 @@ class Emulator:
         self.latency = latency
         self.max_body_bytes = max_body_bytes
         self._initial = {"latency": latency, "daily_neurons": daily_neurons}
+        self._unfinished: set[asyncio.Task] = set()  # calls still running, caller or not
+
+    def track(self, call: asyncio.Task) -> None:
+        """Keep a running call (it finishes and bills even after its client left) until it
+        ends; `reset` stops those left over, so they never bill into the next test."""
+        self._unfinished.add(call)
+        call.add_done_callback(self._unfinished.discard)
+        call.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def token_matches(self, account: str, token: str | None) -> bool:
         expected = self.accounts.get(account)
@@ -59,6 +68,8 @@ class Emulator:
         return found
 
     def reset(self) -> None:
+        for call in list(self._unfinished):
+            call.cancel()
         self.faults.clear()
         self.calls.clear()
         self.ledger.clear()

@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
-from flux_proxy.clock import Clock
 from flux_proxy.job import GeneratedImage
 from flux_proxy.logs import log_event
 from flux_proxy.store.base import StateStore
@@ -44,11 +43,8 @@ class CachePolicy(StrEnum):
 
 
 class SeededCache:
-    def __init__(
-        self, store: StateStore, clock: Clock, *, ttl: float, max_bytes: int, holder: str
-    ) -> None:
+    def __init__(self, store: StateStore, *, ttl: float, max_bytes: int, holder: str) -> None:
         self.store = store
-        self.clock = clock
         self.ttl = ttl
         self.max_bytes = max_bytes
         self.holder = holder

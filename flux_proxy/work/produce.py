@@ -95,12 +95,9 @@ class ImageWork:
         self.metrics = metrics
         # Who holds a marker: this process, for as long as it runs.
         self.holder = f"work-{secrets.token_hex(8)}"
-        self.repeats = Repeats(
-            store, clock, result_ttl=settings.result_ttl_seconds, holder=self.holder
-        )
+        self.repeats = Repeats(store, result_ttl=settings.result_ttl_seconds, holder=self.holder)
         self.cache = SeededCache(
             store,
-            clock,
             ttl=settings.cache_ttl_seconds,
             max_bytes=settings.cache_max_bytes,
             holder=self.holder,
@@ -317,6 +314,7 @@ class ImageWork:
             if state.calling:
                 state.abandoned = True  # no failover to another account for nobody
                 running.append(task)
+                self._track(task)  # shutdown gives it up after the grace period
             else:
                 task.cancel()
         made_before = any(t.done() and not t.cancelled() and not t.exception() for t in tasks)
@@ -386,7 +384,9 @@ class ImageWork:
             await self.repeats.release(claimed, fingerprint)
 
     def _spawn(self, coroutine) -> None:
-        task = asyncio.create_task(coroutine)
+        self._track(asyncio.create_task(coroutine))
+
+    def _track(self, task: asyncio.Task) -> None:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())

@@ -22,7 +22,6 @@ import asyncio
 import time
 from hashlib import blake2b
 
-from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError
 from flux_proxy.store.base import StateStore
 from flux_proxy.work.results import WorkResult, decode_result, encode_result
@@ -59,9 +58,8 @@ def still_in_progress() -> ApiError:
 
 
 class Repeats:
-    def __init__(self, store: StateStore, clock: Clock, *, result_ttl: float, holder: str):
+    def __init__(self, store: StateStore, *, result_ttl: float, holder: str):
         self.store = store
-        self.clock = clock
         self.result_ttl = result_ttl
         self.holder = holder
         self._ended: dict[str, asyncio.Event] = {}  # markers held here -> set when released
