@@ -117,9 +117,18 @@ def test_sighup_reloads_the_keys_file(tmp_path):
     emulator = shared_emulator()
     path = tmp_path / "keys.toml"
     path.write_text(keys_toml({"name": "erin", "key_sha256": sha(ERIN), "role": "user"}))
-    # The file is polled once an hour here, so only the signal can make the change count.
-    proxy = start_proxy(tmp_path / "proxy", emulator, API_KEYS_FILE=path, KEYS_RELOAD_SECONDS=3600)
+    # The file is polled once an hour here, so only the signal can make the change count. No
+    # API_MASTER_KEY either: the keys file alone is enough to serve.
+    proxy = start_proxy(
+        tmp_path / "proxy",
+        emulator,
+        API_KEYS_FILE=path,
+        KEYS_RELOAD_SECONDS=3600,
+        API_MASTER_KEY=None,
+    )
     try:
+        assert status_with(proxy, ERIN) == 200
+        assert status_with(proxy, API_KEY) == 401  # no master key was configured
         path.write_text(keys_toml({"name": "gwen", "key": GWEN, "role": "admin"}))
         assert status_with(proxy, GWEN) == 401
         os.kill(proxy.proc.process.pid, signal.SIGHUP)
