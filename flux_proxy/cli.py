@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
+from flux_proxy.catalogue_check import COMMAND as MODELS_COMMAND
 from flux_proxy.settings import ConfigError, Settings
 
 EXIT_CONFIG = 2
@@ -176,6 +177,7 @@ COMMANDS: dict[str, Command] = {
         check,
     ),
     "keys": ("named API keys: `keys new NAME` prints a new one", *_keys_command()),
+    "models": MODELS_COMMAND,
 }
 
 

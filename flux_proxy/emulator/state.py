@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -44,6 +45,7 @@ class Emulator:
         self.max_body_bytes = max_body_bytes
         self._initial = {"latency": latency, "daily_neurons": daily_neurons}
         self._unfinished: set[asyncio.Task] = set()  # calls still running, caller or not
+        self.on_reset: list[Callable[[], None]] = []  # what other parts remember (catalogue)
 
     def track(self, call: asyncio.Task) -> None:
         """Keep a running call (it finishes and bills even after its client left) until it
@@ -77,6 +79,8 @@ class Emulator:
         self.token_checks = 0
         self.latency = self._initial["latency"]
         self.ledger.daily_neurons = self._initial["daily_neurons"]
+        for clear in self.on_reset:
+            clear()
 
 
 EMULATOR = web.AppKey("flux_proxy_emulator", Emulator)
