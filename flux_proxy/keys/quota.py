@@ -110,7 +110,8 @@ class KeyQuota:
             neurons,
             caller.daily_images,
             caller.daily_neurons,
-            ttl=self.settings.request_deadline + 60,
+            # As long as the work can run (a call sent before a hang-up runs to its end).
+            ttl=self.settings.request_deadline + self.settings.upstream_read_timeout + 60,
         )
         if hold is None:
             raise await self._exceeded(caller, day, images, neurons, now)
