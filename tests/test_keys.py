@@ -466,3 +466,11 @@ def test_a_request_refused_by_its_quota_leaves_its_idempotency_key_free(team_pro
     again = send("order-1")
     assert again.status_code == 429, again.text
     assert emulator.calls() == []
+
+
+def test_usage_for_the_first_days_of_the_calendar_is_empty_not_an_error(team_proxy):
+    answer = httpx.get(
+        team_proxy.base_url + "/usage", params={"end": "0001-01-01"}, headers=bearer(ROOT)
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"] == []

@@ -323,6 +323,64 @@ def _schemas() -> dict[str, Any]:
                 "next_reset": {"type": "string"},
             },
         },
+        # --- teams: usage rows and a key's quota (this proxy's extensions) ---
+        "UsageRow": {
+            "type": "object",
+            "description": "One group's figures; only the group_by dimensions appear.",
+            "required": ["images", "neurons", "requests", "cache_hits", "neurons_saved"],
+            "properties": {
+                "key": {"type": "string", "description": "The key's name."},
+                "account": {
+                    "type": ["integer", "null"],
+                    "description": "Account number; null: none served (cache hit, failure).",
+                },
+                "model": {"type": "string"},
+                "day": {"type": "string", "format": "date"},
+                "images": {"type": "integer", "description": "Made upstream."},
+                "neurons": {"type": "number"},
+                "requests": {"type": "integer"},
+                "cache_hits": {"type": "integer", "description": "Served from the cache."},
+                "neurons_saved": {"type": "number"},
+            },
+        },
+        "Usage": {
+            "type": "object",
+            "required": ["object", "start", "end", "group_by", "scope", "data", "totals"],
+            "properties": {
+                "object": {"const": "usage"},
+                "start": {"type": "string", "format": "date"},
+                "end": {"type": "string", "format": "date"},
+                "group_by": {
+                    "type": "array",
+                    "items": {"enum": ["key", "account", "model", "day"]},
+                },
+                "scope": {"enum": ["all", "key"]},
+                "key": nullable_string,
+                "history_days": {"type": "integer"},
+                "data": {"type": "array", "items": _ref("UsageRow")},
+                "totals": _ref("UsageRow"),
+            },
+        },
+        "UsageQuota": {
+            "type": "object",
+            "required": ["object", "key", "role", "day", "next_reset"],
+            "properties": {
+                "object": {"const": "usage.quota"},
+                "key": {"type": "string"},
+                "role": {"enum": ["admin", "user"]},
+                "day": {"type": "string", "format": "date"},
+                "daily_images": {"type": ["integer", "null"]},
+                "daily_neurons": nullable_number,
+                "models": {"type": ["array", "null"], "items": {"type": "string"}},
+                "images_used": {"type": "integer"},
+                "neurons_used": {"type": "number"},
+                "images_reserved": {"type": "integer"},
+                "neurons_reserved": {"type": "number"},
+                "images_remaining": {"type": ["integer", "null"]},
+                "neurons_remaining": nullable_number,
+                "next_reset": {"type": "string"},
+            },
+        },
         "Health": {
             "type": "object",
             "required": ["status", "counts", "next_reset"],
@@ -353,6 +411,50 @@ def _error_responses() -> dict[str, Any]:
             "content": {"application/json": {"schema": _ref("Error")}},
         }
         for status, description in _ERROR_STATUSES.items()
+    }
+
+
+def _usage_paths(keyed: list) -> dict[str, Any]:
+    dimension = "(key|account|model|day)"
+    date = {"type": "string", "format": "date"}
+    parameters = [
+        {"name": "start", "in": "query", "schema": date, "description": "Default: end - 13 days."},
+        {"name": "end", "in": "query", "schema": date, "description": "Default: today (UTC)."},
+        {
+            "name": "group_by",
+            "in": "query",
+            "schema": {"type": "string", "pattern": f"^{dimension}(,{dimension})*$"},
+            "description": "One or more of key, account, model, day, comma-separated.",
+        },
+        {
+            "name": "key",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "Admin keys: one key's rows only. User keys always see their own.",
+        },
+    ]
+    return {
+        "/v1/usage": {
+            "get": {
+                "operationId": "usage",
+                "security": keyed,
+                "parameters": parameters,
+                "responses": {
+                    "200": _json_ok("Usage rows (a proxy extension).", _ref("Usage")),
+                    **_errors("400", "401"),
+                },
+            }
+        },
+        "/v1/usage/quota": {
+            "get": {
+                "operationId": "usageQuota",
+                "security": keyed,
+                "responses": {
+                    "200": _json_ok("The calling key's quota today.", _ref("UsageQuota")),
+                    **_errors("401"),
+                },
+            }
+        },
     }
 
 
@@ -415,6 +517,7 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        **_usage_paths(keyed),
         "/health": {
             "get": {
                 "operationId": "health",

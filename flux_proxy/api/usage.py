@@ -35,6 +35,13 @@ def _date(request: Request, name: str, default: datetime.date) -> datetime.date:
         raise invalid(f"`{name}` must be a date as YYYY-MM-DD", param=name) from None
 
 
+def _days_before(day: datetime.date, days: int) -> datetime.date:
+    try:
+        return day - datetime.timedelta(days=days)
+    except OverflowError:  # before year 1: nothing is that old
+        return datetime.date.min
+
+
 def _group_by(request: Request) -> list[str]:
     text = request.query_params.get("group_by") or "day"
     dimensions = [part.strip() for part in text.split(",") if part.strip()]
@@ -87,11 +94,11 @@ async def usage(request: Request) -> Response:
     caller = caller_of(request.scope)
     today = datetime.date.fromisoformat(utc_day(svc.clock.now()))
     end = _date(request, "end", today)
-    start = _date(request, "start", end - datetime.timedelta(days=DEFAULT_DAYS - 1))
+    start = _date(request, "start", _days_before(end, DEFAULT_DAYS - 1))
     if start > end:
         raise invalid("`start` must not be after `end`", param="start")
     dimensions = _group_by(request)
-    oldest = today - datetime.timedelta(days=svc.settings.usage_history_days)
+    oldest = _days_before(today, svc.settings.usage_history_days)
     start = max(start, oldest)  # older rows are not kept
     end = min(end, today)  # nor are there any yet for days to come
     wanted = request.query_params.get("key") if caller.is_admin else caller.name
