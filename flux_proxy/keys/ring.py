@@ -41,7 +41,9 @@ class KeyRing:
         keys_file: Path | None = None,
         settings: Settings | None = None,
     ) -> None:
-        self.settings = settings or Settings(_env_file=None)
+        if keys_file is not None and settings is None:
+            raise ValueError("a keys file needs the settings (model names, reload interval)")
+        self.settings = settings
         self.path = keys_file
         keys = master_keys
         self._masters = [
@@ -86,6 +88,7 @@ class KeyRing:
     def _load(self) -> None:
         assert self.path is not None
         stamp = _stamp(self.path)
+        assert self.settings is not None
         named = read_keys_file(self.path, self.settings)
         masters = {entry.digest for entry in self._masters}
         for entry in named:
@@ -160,5 +163,6 @@ class KeyRing:
 
     async def _poll(self) -> None:
         while True:
+            assert self.settings is not None
             await asyncio.sleep(self.settings.keys_reload_seconds)
             self.reload_if_changed()
