@@ -474,3 +474,21 @@ def test_usage_for_the_first_days_of_the_calendar_is_empty_not_an_error(team_pro
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["data"] == []
+
+
+def test_a_request_that_made_nothing_frees_its_hold_and_counts_as_a_request(team_proxy, emulator):
+    emulator.fault(status=500, count=None)  # every call fails: nothing is made
+    failed = httpx.post(
+        team_proxy.base_url + "/images/generations",
+        headers=bearer(ALICE),
+        json={"prompt": "nothing comes of it", **SMALL, "n": 2},
+        timeout=30,
+    )
+    assert failed.status_code >= 500, failed.text[:300]
+
+    quota = httpx.get(team_proxy.base_url + "/usage/quota", headers=bearer(ALICE)).json()
+    assert (quota["images_used"], quota["images_reserved"], quota["images_remaining"]) == (0, 0, 2)
+    rows = httpx.get(
+        team_proxy.base_url + "/usage", params={"group_by": "account"}, headers=bearer(ALICE)
+    ).json()["data"]
+    assert [(r["account"], r["images"], r["requests"]) for r in rows] == [(None, 0, 1)]
