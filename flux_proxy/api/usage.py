@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from flux_proxy.api import openapi
 from flux_proxy.api.caller import caller_of
 from flux_proxy.api.render import json_response
 from flux_proxy.clock import utc_day
@@ -134,3 +135,106 @@ def routes() -> list[BaseRoute]:
         Route("/v1/usage", usage, methods=["GET"]),
         Route("/v1/usage/quota", quota, methods=["GET"]),
     ]
+
+
+# --- /openapi.json ---------------------------------------------------------------------------
+
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+_DATE = {"type": "string", "format": "date"}
+_DIMENSION = "(key|account|model|day)"
+
+_ROW = openapi.add_schema(
+    "UsageRow",
+    {
+        "type": "object",
+        "description": "One group's figures; only the group_by dimensions appear.",
+        "required": list(USAGE_COUNTERS),
+        "properties": {
+            "key": {"type": "string", "description": "The key's name."},
+            "account": {
+                "type": ["integer", "null"],
+                "description": "Account number; null: none served (cache hit, failure).",
+            },
+            "model": {"type": "string"},
+            "day": _DATE,
+            "images": {"type": "integer", "description": "Made upstream."},
+            "neurons": {"type": "number"},
+            "requests": {"type": "integer"},
+            "cache_hits": {"type": "integer", "description": "Served from the seeded cache."},
+            "neurons_saved": {"type": "number"},
+        },
+    },
+)
+_USAGE = openapi.add_schema(
+    "Usage",
+    {
+        "type": "object",
+        "required": ["object", "start", "end", "group_by", "scope", "data", "totals"],
+        "properties": {
+            "object": {"const": "usage"},
+            "start": _DATE,
+            "end": _DATE,
+            "group_by": {"type": "array", "items": {"enum": list(DIMENSIONS)}},
+            "scope": {"enum": ["all", "key"]},
+            "key": {"type": ["string", "null"]},
+            "history_days": {"type": "integer"},
+            "data": {"type": "array", "items": _ROW},
+            "totals": _ROW,
+        },
+    },
+)
+_QUOTA = openapi.add_schema(
+    "UsageQuota",
+    {
+        "type": "object",
+        "required": ["object", "key", "role", "day", "next_reset"],
+        "properties": {
+            "object": {"const": "usage.quota"},
+            "key": {"type": "string"},
+            "role": {"enum": ["admin", "user"]},
+            "day": _DATE,
+            "daily_images": {"type": ["integer", "null"]},
+            "daily_neurons": _NULLABLE_NUMBER,
+            "models": {"type": ["array", "null"], "items": {"type": "string"}},
+            "images_used": {"type": "integer"},
+            "neurons_used": {"type": "number"},
+            "images_reserved": {"type": "integer"},
+            "neurons_reserved": {"type": "number"},
+            "images_remaining": {"type": ["integer", "null"]},
+            "neurons_remaining": _NULLABLE_NUMBER,
+            "next_reset": {"type": "string"},
+        },
+    },
+)
+_usage_operation = openapi.operation(
+    "usage",
+    "Usage rows by key, account, model and/or day (a proxy extension)",
+    ok=openapi.json_ok("Usage rows; a user key sees its own only.", _USAGE),
+)
+_usage_operation["parameters"] = [
+    {"name": "start", "in": "query", "schema": _DATE, "description": "Default: end - 13 days."},
+    {"name": "end", "in": "query", "schema": _DATE, "description": "Default: today (UTC)."},
+    {
+        "name": "group_by",
+        "in": "query",
+        "schema": {"type": "string", "pattern": f"^{_DIMENSION}(,{_DIMENSION})*$"},
+        "description": "One or more of key, account, model, day, comma-separated.",
+    },
+    {
+        "name": "key",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "Admin keys: one key's rows only. User keys always see their own.",
+    },
+]
+openapi.add_operation("/v1/usage", "get", _usage_operation)
+openapi.add_operation(
+    "/v1/usage/quota",
+    "get",
+    openapi.operation(
+        "usageQuota",
+        "The calling key's limits and what is left today (a proxy extension)",
+        ok=openapi.json_ok("The calling key's quota today.", _QUOTA),
+        errors_=("401",),
+    ),
+)
