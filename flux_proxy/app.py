@@ -106,8 +106,14 @@ def create_app(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["authorization", "content-type", "x-request-id"],
-                expose_headers=["x-request-id", "retry-after"],
+                allow_headers=[
+                    "authorization",
+                    "content-type",
+                    "x-request-id",
+                    "idempotency-key",
+                    "cache-control",
+                ],
+                expose_headers=["x-request-id", "retry-after", "x-flux-cache", "x-flux-replayed"],
                 max_age=600,
             )
         )

@@ -252,3 +252,27 @@ def test_repeat_on_replica_b_collects_the_work_replica_a_is_doing(tmp_path, fres
     finally:
         a.proc.stop()
         b.proc.stop()
+
+
+def test_kept_result_survives_a_restart_on_sqlite(tmp_path, fresh):
+    data = tmp_path / "data"
+    first = start_proxy(tmp_path / "first", fresh, STATE_BACKEND="sqlite", DATA_DIR=data)
+    key = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
+    try:
+        fresh.config(latency=1.0)
+        send_and_hang_up(first, {"response_format": "b64_json", "seed": 11}, key, fresh)
+        settled(first)
+        assert wait_for(lambda: metric(first, "flux_proxy_results_kept_total") == 1, 10)
+    finally:
+        first.proc.stop()
+
+    second = start_proxy(tmp_path / "second", fresh, STATE_BACKEND="sqlite", DATA_DIR=data)
+    try:
+        again = post(second, {"response_format": "b64_json", "seed": 11}, key)
+        assert again.status_code == 200, again.text
+        assert again.headers["x-flux-replayed"] == "true"
+        cached = post(second, {"response_format": "url", "seed": 11})  # no key: the cache
+        assert cached.headers["x-flux-cache"] == "hit"
+        assert len(fresh.calls()) == 1
+    finally:
+        second.proc.stop()

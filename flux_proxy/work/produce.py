@@ -160,12 +160,27 @@ class ImageWork:
             kept = await self.repeats.collect(key, fingerprint)
             if kept is not None:
                 return self._replayed(kept, on_image)
-            holder = await self.repeats.claim(key, fingerprint, self._work_limit)
+            holder = await self._claim_or_release(key, fingerprint)
             if holder is None:
                 return await self._make(work, on_image, claimed=key)
             if holder != fingerprint:
                 raise key_reused()
             await self.repeats.wait(key, self._work_limit)
+
+    async def _claim_or_release(self, key: str, fingerprint: str) -> str | None:
+        """`repeats.claim`, except that a caller leaving while the claim is on its way to the
+        store does not leave the key held (its repeats would wait for nothing)."""
+        claiming = asyncio.ensure_future(self.repeats.claim(key, fingerprint, self._work_limit))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+
+            def release_if_claimed(task: asyncio.Task) -> None:
+                if not task.cancelled() and task.exception() is None and task.result() is None:
+                    self._spawn(self.repeats.release(key, fingerprint))
+
+            claiming.add_done_callback(release_if_claimed)
+            raise
 
     def _replayed(self, kept: WorkResult, on_image: OnImage | None) -> WorkResult:
         self.metrics.results_collected.inc()
