@@ -26,6 +26,8 @@ from flux_proxy.api.routes import Services, routes
 from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
+from flux_proxy.keys.quota import KeyQuota
+from flux_proxy.keys.ring import KeyRing
 from flux_proxy.logs import configure_logging, log_event
 from flux_proxy.mcp.http import McpHttp
 from flux_proxy.metrics import Metrics
@@ -55,6 +57,8 @@ def create_app(
     metrics = Metrics()
     mcp = McpHttp(settings) if mcp_http else None
 
+    keyring = KeyRing.from_settings(settings)  # a bad API_KEYS_FILE stops start-up here
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
@@ -76,7 +80,8 @@ def create_app(
                 await upstream.start()
                 stack.push_async_callback(upstream.close)
             account_pool = pool or AccountPool(effective, upstream, state, clock, metrics)
-            work = ImageWork(effective, account_pool, state, clock, metrics)
+            quota = KeyQuota(state, clock, effective, metrics, keys=keyring)
+            work = ImageWork(effective, account_pool, state, clock, metrics, quota=quota)
             # Work still running after the requests' grace period is given up at shutdown.
             stack.push_async_callback(work.close)
             app.state.services = Services(
@@ -87,12 +92,15 @@ def create_app(
                 images=ImageStore(state, effective.image_ttl_seconds),
                 metrics=metrics,
                 work=work,
+                keys=keyring,
+                quota=quota,
             )
             # Files and Batch API (issue 10): its stores, and this replica's batch runner.
             app.state.batches = open_batches(app.state.services)
             app.state.batches.runner.start()
             stack.push_async_callback(app.state.batches.runner.stop)
             app.state.services.jobs = await start_jobs(app.state.services, stack)
+            await stack.enter_async_context(keyring.watching())
             log_event(
                 "started",
                 mode="emulator" if effective.emulator else "cloudflare",
@@ -131,9 +139,7 @@ def create_app(
                 max_age=600,
             )
         )
-    middleware.append(
-        Middleware(ApiKeyMiddleware, keys=settings.master_keys, enabled=not settings.no_auth)
-    )
+    middleware.append(Middleware(ApiKeyMiddleware, keyring=keyring, enabled=not settings.no_auth))
     return Starlette(
         routes=[*routes(), openapi_route(), *(mcp.routes if mcp else ())],
         middleware=middleware,

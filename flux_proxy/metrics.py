@@ -85,6 +85,26 @@ class Metrics:
             registry=r,
         )
 
+        # --- teams: per-key figures, labelled by the key's name (never the key) ---
+        self.key_images = Counter(
+            "flux_proxy_key_images",
+            "Images made for each named key, by model",
+            ["key_name", "model"],
+            registry=r,
+        )
+        self.key_neurons = Counter(
+            "flux_proxy_key_neurons",
+            "Neurons spent for each named key",
+            ["key_name"],
+            registry=r,
+        )
+        self.key_refusals = Counter(
+            "flux_proxy_key_refusals",
+            "Requests a key's quota or model list refused, before any upstream call",
+            ["key_name", "reason"],
+            registry=r,
+        )
+
         # --- work: hang-up-safe work, kept results, the seeded cache (issue 9) ---
         self.finished_after_hangup = Counter(
             "flux_proxy_images_finished_after_hangup",

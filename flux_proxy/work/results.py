@@ -1,9 +1,8 @@
 """What a request's work produced, and how it is kept in the state store for a retry.
 
 A `WorkResult` holds the upstream images as they came (before any output conversion), so a
-replay can be rendered in whatever form the repeat asks for. Stored as one JSON document
-(orjson writes the base64 strings in one pass); the same codec serves the seeded cache's
-single images.
+replay can be rendered in whatever form the repeat asks for. Stored as a JSON header and the
+images' bytes (see below); the same codec serves the seeded cache's single images.
 """
 
 from __future__ import annotations
@@ -67,32 +66,64 @@ class WorkFailed(ApiError):
         self.errors = errors
 
 
-def _image_fields(image: GeneratedImage) -> list:
-    return [image.b64, image.mime, image.account, image.neurons, image.seed]
+# The stored form: one small JSON header line, then the images' bytes back to back, each in the
+# form it already has (base64 text as ASCII, or raw bytes), so keeping an image costs one copy
+# of it: orjson writing a 6 MB base64 string takes ~5 ms, a plain copy well under 1 ms.
 
 
-def _image_from(fields: list) -> GeneratedImage:
-    b64, mime, account, neurons, seed = fields
-    return GeneratedImage.from_b64(b64, mime=mime, account=account, neurons=neurons, seed=seed)
+def _payload(image: GeneratedImage) -> tuple[str, bytes]:
+    if image._b64 is not None:
+        return "b64", image._b64.encode("ascii")
+    return "raw", image.data
+
+
+def _image_meta(image: GeneratedImage, form: str, length: int) -> list:
+    return [image.mime, image.account, image.neurons, image.seed, form, length]
+
+
+def _image_at(view: memoryview, offset: int, meta: list) -> tuple[GeneratedImage, int]:
+    mime, account, neurons, seed, form, length = meta
+    chunk = view[offset : offset + length]
+    fields = {"mime": mime, "account": account, "neurons": neurons, "seed": seed}
+    if form == "b64":
+        image = GeneratedImage.from_b64(str(chunk, "ascii"), **fields)
+    else:
+        image = GeneratedImage.from_bytes(bytes(chunk), **fields)
+    return image, offset + length
+
+
+def _pack(header: object, payloads: list[bytes]) -> bytes:
+    return b"".join([orjson.dumps(header), b"\n", *payloads])
+
+
+def _unpack(data: bytes) -> tuple[object, memoryview, int]:
+    end = data.index(b"\n")
+    return orjson.loads(data[:end]), memoryview(data), end + 1
 
 
 def encode_result(result: WorkResult) -> bytes:
-    return orjson.dumps(
-        {
-            "id": result.id,
-            "created": result.created,
-            "images": [[m.index, m.seed, m.cached, *_image_fields(m.image)] for m in result.images],
-            "errors": [[index, e.status, e.body()["error"]] for index, e in result.errors],
-        }
-    )
+    images, payloads = [], []
+    for made in result.images:
+        form, payload = _payload(made.image)
+        images.append(
+            [made.index, made.seed, made.cached, *_image_meta(made.image, form, len(payload))]
+        )
+        payloads.append(payload)
+    header = {
+        "id": result.id,
+        "created": result.created,
+        "images": images,
+        "errors": [[index, e.status, e.body()["error"]] for index, e in result.errors],
+    }
+    return _pack(header, payloads)
 
 
 def decode_result(data: bytes) -> WorkResult:
-    doc = orjson.loads(data)
-    images = [
-        MadeImage(index, _image_from(rest), seed, cached)
-        for index, seed, cached, *rest in doc["images"]
-    ]
+    doc, view, offset = _unpack(data)
+    images = []
+    for index, seed, cached, *meta in doc["images"]:
+        image, offset = _image_at(view, offset, meta)
+        images.append(MadeImage(index, image, seed, cached))
     errors = [
         (
             index,
@@ -110,8 +141,10 @@ def decode_result(data: bytes) -> WorkResult:
 
 
 def encode_image(image: GeneratedImage) -> bytes:
-    return orjson.dumps(_image_fields(image))
+    form, payload = _payload(image)
+    return _pack(_image_meta(image, form, len(payload)), [payload])
 
 
 def decode_image(data: bytes) -> GeneratedImage:
-    return _image_from(orjson.loads(data))
+    meta, view, offset = _unpack(data)
+    return _image_at(view, offset, meta)[0]

@@ -89,7 +89,11 @@ async function request(path, { method = "GET", json, signal, auth = true } = {})
 
 /** /health answers 503 with the same body when nothing can serve: both are a status to show. */
 export async function getHealth() {
-  const response = await fetch("/health", { headers: { Accept: "application/json" }, cache: "no-store" });
+  // An admin key also gets the per-account detail; without one, /health is a summary.
+  const headers = { Accept: "application/json" };
+  const key = apiKey.get();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  const response = await fetch("/health", { headers, cache: "no-store" });
   const data = await readJson(response);
   if (!data) throw new ApiFailure(`/health answered ${response.status}`, { status: response.status });
   return data;
