@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
+from flux_proxy import batch_cli
 from flux_proxy.settings import ConfigError, Settings
 
 EXIT_CONFIG = 2
@@ -166,6 +167,7 @@ COMMANDS: dict[str, Command] = {
         lambda parser: None,
         check,
     ),
+    "batch": ("a file of prompts as one batch", batch_cli.add_arguments, batch_cli.run),
 }
 
 
