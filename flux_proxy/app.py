@@ -25,6 +25,8 @@ from flux_proxy.api.routes import Services, routes
 from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
+from flux_proxy.keys.quota import KeyQuota
+from flux_proxy.keys.ring import KeyRing
 from flux_proxy.logs import configure_logging, log_event
 from flux_proxy.metrics import Metrics
 from flux_proxy.pool import AccountPool
@@ -47,6 +49,7 @@ def create_app(
     emulator in the same event loop on a free port and points the proxy at it."""
     clock = clock or Clock()
     metrics = Metrics()
+    keyring = KeyRing.from_settings(settings)  # a bad API_KEYS_FILE stops start-up here
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -75,7 +78,10 @@ def create_app(
                 pool=pool or AccountPool(effective, upstream, state, clock, metrics),
                 images=ImageStore(state, effective.image_ttl_seconds),
                 metrics=metrics,
+                keys=keyring,
+                quota=KeyQuota(state, clock, effective, metrics),
             )
+            await stack.enter_async_context(keyring.watching())
             log_event(
                 "started",
                 mode="emulator" if effective.emulator else "cloudflare",
@@ -98,9 +104,7 @@ def create_app(
                 max_age=600,
             )
         )
-    middleware.append(
-        Middleware(ApiKeyMiddleware, keys=settings.master_keys, enabled=not settings.no_auth)
-    )
+    middleware.append(Middleware(ApiKeyMiddleware, keyring=keyring, enabled=not settings.no_auth))
     return Starlette(
         routes=[*routes(), openapi_route()],
         middleware=middleware,

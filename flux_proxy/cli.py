@@ -97,7 +97,7 @@ def serve(args: argparse.Namespace) -> int:
     from flux_proxy.logs import configure_logging
 
     settings = load_settings(no_auth=True) if args.no_auth else load_settings()
-    if not settings.master_keys and not args.no_auth:
+    if not settings.master_keys and not settings.api_keys_file and not args.no_auth:
         print(_NO_KEY, file=sys.stderr)
         return EXIT_CONFIG
     if args.no_auth:
@@ -155,6 +155,15 @@ def check(args: argparse.Namespace) -> int:
     return run_check(load_settings())
 
 
+# --- keys ------------------------------------------------------------------------------------
+
+
+def _keys_command():
+    from flux_proxy.keys import new_key
+
+    return new_key.add_arguments, new_key.run
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -167,6 +176,7 @@ COMMANDS: dict[str, Command] = {
         lambda parser: None,
         check,
     ),
+    "keys": ("named API keys: `keys new NAME` prints a new one", *_keys_command()),
     "batch": ("a file of prompts as one batch", batch_cli.add_arguments, batch_cli.run),
 }
 

@@ -76,6 +76,25 @@ class Metrics:
             ["model", "response_format"],
             registry=r,
         )
+        # --- teams: per-key figures, labelled by the key's name (never the key) ---
+        self.key_images = Counter(
+            "flux_proxy_key_images",
+            "Images made for each named key, by model",
+            ["key_name", "model"],
+            registry=r,
+        )
+        self.key_neurons = Counter(
+            "flux_proxy_key_neurons",
+            "Neurons spent for each named key",
+            ["key_name"],
+            registry=r,
+        )
+        self.key_refusals = Counter(
+            "flux_proxy_key_refusals",
+            "Requests a key's quota or model list refused, before any upstream call",
+            ["key_name", "reason"],
+            registry=r,
+        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once per label set."""

@@ -180,6 +180,15 @@ class Settings(BaseSettings):
     # On SIGTERM: stop accepting, let in-flight requests finish for up to this long, then stop.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
+    # --- teams: named keys, per-key quotas, usage (issue 13) -----------------------------
+    # A TOML file of named keys with roles, quotas and allowed models (see `flux_proxy/keys/`).
+    api_keys_file: Path | None = None
+    keys_reload_seconds: float = Field(default=2.0, gt=0)  # how often its mtime is checked
+    usage_history_days: int = Field(default=90, ge=1)  # days of per-key usage rows kept
+    # `/metrics` for anyone who can reach it (`none`: scrapers usually run inside the network)
+    # or only with an admin key (`admin`).
+    metrics_auth: Literal["none", "admin"] = "none"
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -235,7 +235,7 @@ async def test_caller_hanging_up_mid_stream_cancels_the_work_and_frees_the_accou
         # The slot the request held comes back long before the upstream call would have ended.
         deadline = time.monotonic() + 3
         while True:
-            health = (await client.get(proxy.url + "/health")).json()
+            health = (await client.get(proxy.url + "/health", headers=proxy.auth)).json()
             if all(account["in_flight"] == 0 for account in health["accounts"]):
                 break
             assert time.monotonic() < deadline, health["accounts"]

@@ -9,6 +9,7 @@ time.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import json
 import select
@@ -164,9 +165,11 @@ async def test_every_key_is_compared_in_constant_time_with_no_early_exit(monkeyp
     status = await _ask(middleware, f"Bearer {presented}")
 
     assert status == (200 if presented in KEYS else 401)
-    # One constant-time comparison against every configured key, whether or not one matched.
-    assert sorted(key for _, key in compared) == sorted(k.encode() for k in KEYS)
-    assert all(candidate == presented.encode() for candidate, _ in compared)
+    # One constant-time comparison of SHA-256 digests against every configured key, whether
+    # or not one matched (digests: equal lengths, so not even the key's length shows).
+    digest = hashlib.sha256
+    assert sorted(key for _, key in compared) == sorted(digest(k.encode()).digest() for k in KEYS)
+    assert all(candidate == digest(presented.encode()).digest() for candidate, _ in compared)
 
 
 # --- limits ------------------------------------------------------------------

@@ -325,12 +325,19 @@ def _schemas() -> dict[str, Any]:
         },
         "Health": {
             "type": "object",
-            "required": ["status", "accounts"],
+            "required": ["status", "counts", "next_reset"],
             "properties": {
                 "status": {"enum": ["ok", "degraded", "unavailable"]},
                 "reason": nullable_string,
                 "version": {"type": "string"},
-                "accounts": {"type": "array", "items": _ref("AccountStatus")},
+                "counts": {"type": "object", "description": "Accounts per state."},
+                "neurons_remaining_today": nullable_number,
+                "next_reset": {"type": "string"},
+                "accounts": {
+                    "type": "array",
+                    "items": _ref("AccountStatus"),
+                    "description": "Only with an admin key.",
+                },
                 "store": {"type": "object"},
             },
         },

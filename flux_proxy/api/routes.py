@@ -6,7 +6,8 @@ lifespan puts on `app.state.services`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,17 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from flux_proxy import __version__
+from flux_proxy.api import usage as usage_api
 from flux_proxy.api.body import read_request
+from flux_proxy.api.caller import caller_of
 from flux_proxy.api.disconnect import unless_disconnected
 from flux_proxy.api.generate import generate_all
-from flux_proxy.api.middleware import note
+from flux_proxy.api.middleware import note, optional_caller
 from flux_proxy.api.model_lookup import lookup_model
 from flux_proxy.api.parse import build_image_request
 from flux_proxy.api.render import FILES_PATH, base_url_for, images_body, json_response
 from flux_proxy.api.stream import image_events, stream_response
-from flux_proxy.clock import Clock
+from flux_proxy.clock import Clock, iso, next_utc_midnight
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
 from flux_proxy.logs import log_event
@@ -47,6 +50,8 @@ class Services:
     pool: Any  # AccountPool, or a stand-in with the same methods
     images: ImageStore
     metrics: Metrics
+    keys: Any = None  # KeyRing: who may call (flux_proxy/keys/ring.py)
+    quota: Any = None  # KeyQuota: per-key quotas and usage rows (flux_proxy/keys/quota.py)
 
 
 def services(request: Request) -> Services:
@@ -76,6 +81,9 @@ async def _images(request: Request, *, edit: bool) -> Response:
     )
     image_request = await build_image_request(raw, settings, edit=edit)
     note(request.scope, model=image_request.job.model.short_name, n=image_request.n)
+    # The key's model list and daily quota, held before any upstream call (403 / 429).
+    hold = await svc.quota.reserve(caller_of(request.scope), image_request)
+    pool = hold.counting(svc.pool)
     if settings.log_prompts:
         log_event("prompt", request_id=request_id, prompt=image_request.prompt_text)
 
@@ -83,17 +91,20 @@ async def _images(request: Request, *, edit: bool) -> Response:
         # From here on the answer is a 200 event stream; failures become error events.
         note(request.scope, stream=True)
         events = image_events(
-            svc,
+            replace(svc, pool=pool),
             image_request,
             edit=edit,
             request_id=request_id,
             base_url=base_url_for(request, settings),
             scope=request.scope,
         )
-        return stream_response(events)
+        return stream_response(hold.finishing(events))
 
     # A caller who hangs up stops costing: the upstream calls are cancelled, slots freed.
-    outcome = await unless_disconnected(request, generate_all(svc.pool, image_request, request_id))
+    try:
+        outcome = await unless_disconnected(request, generate_all(pool, image_request, request_id))
+    finally:
+        await asyncio.shield(hold.finish())
     note(request.scope, account=outcome.images[0][1].image.account)
     body = await images_body(
         outcome,
@@ -189,10 +200,32 @@ async def health(request: Request) -> Response:
         "model": default.id if default else settings.default_model,
         "total_accounts": len(settings.accounts),
         "accounts_configured": [f"Account {a.number}" for a in settings.accounts],
+        **health_summary(accounts, svc.clock.now()),
         "accounts": accounts,
         "store": store,
     }
+    # Per-account detail (masked ids, budgets, errors) and the store's whereabouts are for
+    # admin keys; anyone else gets the summary: status, counts per state, the next reset.
+    caller = optional_caller(request.scope, svc.keys, enabled=not settings.no_auth)
+    if caller is None or not caller.is_admin:
+        del body["accounts"]
+        body["store"] = {k: store[k] for k in ("backend", "ok", "serving") if k in store}
     return json_response(body, 200 if status == "ok" else 503)
+
+
+def health_summary(accounts: list[dict], now: float) -> dict:
+    counts = dict.fromkeys(("available", "cooling", "parked", "disabled"), 0)
+    for entry in accounts:
+        counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+    serving = [e for e in accounts if e["state"] != "disabled"]
+    remaining = [e["neurons_remaining_today"] for e in serving]
+    return {
+        "counts": counts,
+        "neurons_remaining_today": (
+            None if any(r is None for r in remaining) else round(sum(remaining), 2)
+        ),
+        "next_reset": iso(next_utc_midnight(now)),
+    }
 
 
 def _availability(accounts: list[dict]) -> tuple[str, str | None]:
@@ -225,6 +258,18 @@ async def health_ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    svc = services(request)
+    if svc.settings.metrics_auth == "admin":
+        caller = optional_caller(request.scope, svc.keys, enabled=not svc.settings.no_auth)
+        if caller is None:
+            raise ApiError(
+                401,
+                "METRICS_AUTH=admin: send 'Authorization: Bearer <admin key>'",
+                code="invalid_api_key",
+                headers={"www-authenticate": "Bearer"},
+            )
+        if not caller.is_admin:
+            raise ApiError(403, "/metrics needs an admin key", code="admin_key_required")
     # Reading the pool refreshes the account-state gauges from the (possibly shared) store,
     # so a freshly restarted replica shows what it inherited before its first request.
     await services(request).pool.snapshot()
@@ -250,6 +295,7 @@ def routes() -> list[BaseRoute]:
         Route(FILES_PATH + "{name}", image_file, methods=["GET", "HEAD"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        *usage_api.routes(),
         Route("/health", health, methods=["GET"]),
         Route("/health/live", health_live, methods=["GET"]),
         Route("/health/ready", health_ready, methods=["GET"]),

@@ -57,6 +57,67 @@ class Reservation:
     amount: float
 
 
+# --- key quotas and usage ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyReservation:
+    """Images and neurons held against a named key's daily quota for one request."""
+
+    id: str
+    key: str  # the key's name (`Caller.name`), never the key
+    day: str  # the UTC day the request counts in
+    images: int
+    neurons: float
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """What a named key has used (settled) and holds reserved in one UTC day.
+
+    `images` are images made upstream; images served from the seeded cache are counted as
+    `cache_hits` in the usage rows and do not count against a quota."""
+
+    images: int = 0
+    neurons: float = 0.0
+    reserved_images: int = 0
+    reserved_neurons: float = 0.0
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One usage row: what one key got from one account with one model on one UTC day.
+
+    As an argument it is an increment; as a result, the day's totals. `account` is the
+    account's number as text, or "" when no account served (a cache hit, a failed request).
+    """
+
+    day: str
+    key: str
+    account: str
+    model: str
+    images: int = 0
+    neurons: float = 0.0
+    requests: int = 0
+    cache_hits: int = 0
+    neurons_saved: float = 0.0
+
+
+USAGE_COUNTERS = ("images", "neurons", "requests", "cache_hits", "neurons_saved")
+
+
+def add_rows(total: UsageRow | None, increment: UsageRow) -> UsageRow:
+    if total is None:
+        return increment
+    return UsageRow(
+        total.day,
+        total.key,
+        total.account,
+        total.model,
+        **{name: getattr(total, name) + getattr(increment, name) for name in USAGE_COUNTERS},
+    )
+
+
 class StateStore(Protocol):
     """Everything the proxy must remember, shared between replicas when the back-end allows.
 
@@ -112,6 +173,46 @@ class StateStore(Protocol):
 
     async def get_blob(self, key: str) -> tuple[bytes, str] | None:
         """The blob and its content type, or None when missing or expired."""
+        ...
+
+    # --- key quotas and usage -----------------------------------------------------------------
+    async def try_reserve_key(
+        self,
+        key: str,
+        day: str,
+        images: int,
+        neurons: float,
+        max_images: int | None,
+        max_neurons: float | None,
+        ttl: float,
+    ) -> KeyReservation | None:
+        """Hold `images` and `neurons` against `key`'s quota for `day` if, counting what is
+        used and held, neither limit would be passed (None: no limit). Returns None,
+        changing nothing, when it would. A hold lapses after `ttl` seconds like `try_reserve`."""
+        ...
+
+    async def settle_key(
+        self, reservation: KeyReservation, rows: list[UsageRow], keep_days: int
+    ) -> None:
+        """Drop the hold and add `rows` (the request's real figures, for the reservation's key
+        and day) to the usage rows, in one step."""
+        ...
+
+    async def release_key(self, reservation: KeyReservation) -> None:
+        """Drop the hold: the request made nothing."""
+        ...
+
+    async def record_usage(self, rows: list[UsageRow], keep_days: int) -> None:
+        """Add rows without a reservation (cache hits, failed requests). Rows older than
+        `keep_days` days before today may be forgotten from here on."""
+        ...
+
+    async def key_usage(self, key: str, day: str) -> KeyUsage: ...
+
+    async def usage_rows(
+        self, first_day: str, last_day: str, key: str | None = None
+    ) -> list[UsageRow]:
+        """Every row with `first_day <= day <= last_day` (for one key, or all), in no order."""
         ...
 
     # --- health ------------------------------------------------------------------------------

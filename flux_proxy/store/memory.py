@@ -6,8 +6,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from flux_proxy.clock import Clock
-from flux_proxy.store.base import Block, Reservation, Usage
+from flux_proxy.clock import Clock, utc_day
+from flux_proxy.store.base import (
+    Block,
+    KeyReservation,
+    KeyUsage,
+    Reservation,
+    Usage,
+    UsageRow,
+    add_rows,
+)
 
 
 class MemoryStore:
@@ -20,6 +28,8 @@ class MemoryStore:
         self._used: dict[tuple[str, str], float] = {}
         self._reservations: dict[str, tuple[Reservation, float]] = {}  # id -> (res, expires)
         self._blobs: dict[str, tuple[bytes, str, float]] = {}
+        self._usage_rows: dict[tuple[str, str, str, str], UsageRow] = {}  # (day, key, acct, model)
+        self._key_holds: dict[str, tuple[KeyReservation, float]] = {}  # id -> (hold, expires)
 
     async def open(self) -> None:
         return None
@@ -90,6 +100,79 @@ class MemoryStore:
         if item is None or item[2] <= self._clock.now():
             return None
         return item[0], item[1]
+
+    # --- key quotas and usage ---------------------------------------------------------------
+    def _key_totals(self, key: str, day: str, now: float) -> KeyUsage:
+        images, neurons, held_images, held_neurons = 0, 0.0, 0, 0.0
+        for (row_day, row_key, _, _), row in self._usage_rows.items():
+            if row_day == day and row_key == key:
+                images += row.images
+                neurons += row.neurons
+        for rid, (hold, expires) in list(self._key_holds.items()):
+            if expires <= now:
+                del self._key_holds[rid]
+            elif hold.key == key and hold.day == day:
+                held_images += hold.images
+                held_neurons += hold.neurons
+        return KeyUsage(images, neurons, held_images, held_neurons)
+
+    def _add_rows(self, rows: list[UsageRow], keep_days: int) -> None:
+        oldest = utc_day(self._clock.now() - keep_days * 86400)
+        for key in [k for k in self._usage_rows if k[0] < oldest]:
+            del self._usage_rows[key]
+        for row in rows:
+            index = (row.day, row.key, row.account, row.model)
+            self._usage_rows[index] = add_rows(self._usage_rows.get(index), row)
+
+    async def try_reserve_key(
+        self,
+        key: str,
+        day: str,
+        images: int,
+        neurons: float,
+        max_images: int | None,
+        max_neurons: float | None,
+        ttl: float,
+    ) -> KeyReservation | None:
+        async with self._lock:
+            now = self._clock.now()
+            seen = self._key_totals(key, day, now)
+            if max_images is not None and seen.images + seen.reserved_images + images > max_images:
+                return None
+            if max_neurons is not None and (
+                seen.neurons + seen.reserved_neurons + neurons > max_neurons
+            ):
+                return None
+            hold = KeyReservation(secrets.token_hex(16), key, day, images, float(neurons))
+            self._key_holds[hold.id] = (hold, now + ttl)
+            return hold
+
+    async def settle_key(
+        self, reservation: KeyReservation, rows: list[UsageRow], keep_days: int
+    ) -> None:
+        async with self._lock:
+            self._key_holds.pop(reservation.id, None)
+            self._add_rows(rows, keep_days)
+
+    async def release_key(self, reservation: KeyReservation) -> None:
+        async with self._lock:
+            self._key_holds.pop(reservation.id, None)
+
+    async def record_usage(self, rows: list[UsageRow], keep_days: int) -> None:
+        async with self._lock:
+            self._add_rows(rows, keep_days)
+
+    async def key_usage(self, key: str, day: str) -> KeyUsage:
+        return self._key_totals(key, day, self._clock.now())
+
+    async def usage_rows(
+        self, first_day: str, last_day: str, key: str | None = None
+    ) -> list[UsageRow]:
+        return [
+            row
+            for (day, row_key, _, _), row in self._usage_rows.items()
+            if first_day <= day <= last_day and (key is None or row_key == key)
+        ]
 
     async def status(self) -> dict:
         return {"backend": self.name, "ok": True, "detail": "in-process; forgotten on restart"}

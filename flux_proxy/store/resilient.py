@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flux_proxy.clock import Clock
 from flux_proxy.logs import log_event
-from flux_proxy.store.base import Block, Reservation, Usage
+from flux_proxy.store.base import Block, KeyReservation, KeyUsage, Reservation, Usage, UsageRow
 from flux_proxy.store.memory import MemoryStore
 from flux_proxy.store.redis import RedisStore
 
@@ -66,6 +66,8 @@ class ResilientStore:
         self._outage_blocks: dict[str, Block | None] = {}  # None: cleared
         self._outage_spend: dict[tuple[str, str], float] = {}
         self._outage_blobs: dict[str, float] = {}  # key -> expires_at
+        self._local_key_holds: set[str] = set()
+        self._outage_usage: list[tuple[list[UsageRow], int]] = []  # (rows, keep_days)
 
     @property
     def degraded(self) -> bool:
@@ -117,9 +119,17 @@ class ResilientStore:
 
     async def _resync(self) -> dict[str, int]:
         """Push what was learned during the outage; each item leaves the queue only once sent."""
-        pushed = {"blocks": 0, "spend_entries": 0, "blobs": 0}
-        while self._outage_blocks or self._outage_spend or self._outage_blobs:
-            if self._outage_blocks:
+        pushed = {"blocks": 0, "spend_entries": 0, "blobs": 0, "usage_entries": 0}
+        while self._outage_blocks or self._outage_spend or self._outage_blobs or self._outage_usage:
+            if self._outage_usage:
+                rows, keep_days = self._outage_usage.pop()
+                try:
+                    await self.primary.record_usage(rows, keep_days)
+                except BaseException:
+                    self._outage_usage.append((rows, keep_days))
+                    raise
+                pushed["usage_entries"] += 1
+            elif self._outage_blocks:
                 account, block = self._outage_blocks.popitem()
                 try:
                     if block is None:
@@ -264,6 +274,77 @@ class ResilientStore:
             return blob
         # Not in Redis (or Redis away): it may have been stored here during an outage.
         return await self.fallback.get_blob(key)
+
+    # --- key quotas and usage ---------------------------------------------------------------
+    # While Redis answers it holds the quotas and rows, and what this replica adds is mirrored
+    # locally. During an outage each replica enforces quotas on what it knows itself (its own
+    # mirror), so replicas together may pass a limit by what the others served meanwhile; the
+    # rows it adds are pushed to Redis when it returns, so usage history loses nothing.
+    async def try_reserve_key(
+        self,
+        key: str,
+        day: str,
+        images: int,
+        neurons: float,
+        max_images: int | None,
+        max_neurons: float | None,
+        ttl: float,
+    ) -> KeyReservation | None:
+        ok, hold = await self._on_primary(
+            lambda: self.primary.try_reserve_key(
+                key, day, images, neurons, max_images, max_neurons, ttl
+            )
+        )
+        if ok:
+            return hold
+        hold = await self.fallback.try_reserve_key(
+            key, day, images, neurons, max_images, max_neurons, ttl
+        )
+        if hold is not None:
+            self._local_key_holds.add(hold.id)
+        return hold
+
+    async def settle_key(
+        self, reservation: KeyReservation, rows: list[UsageRow], keep_days: int
+    ) -> None:
+        if reservation.id in self._local_key_holds:
+            self._local_key_holds.discard(reservation.id)
+            await self.fallback.settle_key(reservation, rows, keep_days)
+            self._outage_usage.append((rows, keep_days))
+            return
+        ok, _ = await self._on_primary(
+            lambda: self.primary.settle_key(reservation, rows, keep_days)
+        )
+        await self.fallback.record_usage(rows, keep_days)
+        if not ok:  # the hold in Redis lapses by its ttl
+            self._outage_usage.append((rows, keep_days))
+
+    async def release_key(self, reservation: KeyReservation) -> None:
+        if reservation.id in self._local_key_holds:
+            self._local_key_holds.discard(reservation.id)
+            await self.fallback.release_key(reservation)
+            return
+        await self._on_primary(lambda: self.primary.release_key(reservation))
+
+    async def record_usage(self, rows: list[UsageRow], keep_days: int) -> None:
+        await self.fallback.record_usage(rows, keep_days)
+        ok, _ = await self._on_primary(lambda: self.primary.record_usage(rows, keep_days))
+        if not ok:
+            self._outage_usage.append((rows, keep_days))
+
+    async def key_usage(self, key: str, day: str) -> KeyUsage:
+        ok, seen = await self._on_primary(lambda: self.primary.key_usage(key, day))
+        if ok and seen is not None:
+            return seen
+        return await self.fallback.key_usage(key, day)
+
+    async def usage_rows(
+        self, first_day: str, last_day: str, key: str | None = None
+    ) -> list[UsageRow]:
+        ok, rows = await self._on_primary(lambda: self.primary.usage_rows(first_day, last_day, key))
+        if ok and rows is not None:
+            return rows
+        return await self.fallback.usage_rows(first_day, last_day, key)
 
     # --- health -----------------------------------------------------------------------------
     async def status(self) -> dict:
