@@ -5,10 +5,8 @@
 import { formatNeurons, h } from "./util.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const WIDTH = 640;
-const PLOT_LEFT = 44;
 const PLOT_BOTTOM = 22;
-const PLOT_TOP = 8;
+const PLOT_TOP = 16;
 
 function svg(tag, attributes = {}, ...children) {
   const node = document.createElementNS(SVG_NS, tag);
@@ -46,27 +44,29 @@ export function dayLabel(day) {
 /**
  * Stacked bars, one column per day: `series` is [{name, values: number[] (one per day)}].
  * Each segment is a <rect class="bar series-N"> with data-series, data-day and data-value, and
- * a <title> that a pointer or a screen reader can read.
+ * a <title> that a pointer or a screen reader can read. Columns are placed in percent of the
+ * width and the height is in pixels, so text keeps its size at any width; `max` gives several
+ * small charts one scale.
  */
-export function stackedBars({ days, series, height = 160, unit = "", label }) {
+export function stackedBars({ days, series, height = 160, unit = "", label, max = null, legendAlways = false }) {
   const plotHeight = height - PLOT_TOP - PLOT_BOTTOM;
   const totals = days.map((_, index) => series.reduce((sum, s) => sum + (Number(s.values[index]) || 0), 0));
-  const top = niceMax(Math.max(0, ...totals));
-  const column = (WIDTH - PLOT_LEFT) / Math.max(1, days.length);
-  const barWidth = Math.max(4, column * 0.62);
+  const top = niceMax(Math.max(0, max ?? 0, ...totals));
+  const column = 100 / Math.max(1, days.length);
+  const barWidth = column * 0.62;
   const y = (value) => PLOT_TOP + plotHeight - (plotHeight * value) / top;
   const grid = [0, top / 2, top].map((value) =>
     svg(
       "g",
       { class: "chart-grid" },
-      svg("line", { x1: PLOT_LEFT, x2: WIDTH, y1: y(value), y2: y(value) }),
-      svg("text", { x: PLOT_LEFT - 6, y: y(value) + 4, "text-anchor": "end" }, formatAmount(value)),
+      svg("line", { x1: "0", x2: "100%", y1: y(value), y2: y(value) }),
+      value > 0 ? svg("text", { x: "0", y: y(value) - 3 }, formatAmount(value)) : null,
     ),
   );
   const bars = [];
   days.forEach((day, index) => {
     let base = 0;
-    const x = PLOT_LEFT + index * column + (column - barWidth) / 2;
+    const x = index * column + (column - barWidth) / 2;
     series.forEach((s, seriesIndex) => {
       const value = Number(s.values[index]) || 0;
       if (value <= 0) return;
@@ -75,9 +75,9 @@ export function stackedBars({ days, series, height = 160, unit = "", label }) {
           "rect",
           {
             class: `bar series-${seriesIndex % 8}`,
-            x: x.toFixed(1),
+            x: `${x.toFixed(2)}%`,
             y: y(base + value).toFixed(1),
-            width: barWidth.toFixed(1),
+            width: `${barWidth.toFixed(2)}%`,
             height: Math.max(1, y(base) - y(base + value)).toFixed(1),
             rx: 2,
             "data-series": s.name,
@@ -90,20 +90,20 @@ export function stackedBars({ days, series, height = 160, unit = "", label }) {
       base += value;
     });
   });
-  const every = days.length > 8 ? 2 : 1;
+  const every = days.length > 8 ? 3 : 1;
   const ticks = days.map((day, index) =>
-    index % every === (days.length - 1) % every
-      ? svg("text", { class: "chart-tick", x: (PLOT_LEFT + index * column + column / 2).toFixed(1), y: height - 6, "text-anchor": "middle" }, dayLabel(day))
+    (days.length - 1 - index) % every === 0
+      ? svg("text", { class: "chart-tick", x: `${(index * column + column / 2).toFixed(2)}%`, y: height - 6, "text-anchor": "middle" }, dayLabel(day))
       : null,
   );
   const chart = svg(
     "svg",
-    { class: "chart", viewBox: `0 0 ${WIDTH} ${height}`, role: "img", "aria-label": label, preserveAspectRatio: "none" },
+    { class: "chart", width: "100%", height, role: "img", "aria-label": label },
     ...grid,
     ...bars,
     ...ticks,
   );
-  const legend = series.length > 1
+  const legend = series.length > 1 || legendAlways
     ? h("ul", { class: "chart-legend" }, series.map((s, index) => h("li", {}, h("span", { class: `swatch series-${index % 8}`, "aria-hidden": "true" }), s.name)))
     : null;
   return h("figure", { class: "chart-figure" }, chart, legend);
@@ -122,7 +122,7 @@ export function meter({ left, total, label, unit = "neurons", className = "" }) 
     "div",
     { class: `meter ${className}`.trim() },
     h("div", { class: "meter-label" }, h("span", { text: label }), h("span", { class: "meter-text", text })),
-    h(
+    !known ? null : h(
       "div",
       { class: "meter-track", role: "meter", "aria-label": `${label}: ${text}`, "aria-valuemin": "0", "aria-valuemax": String(known ? total : 0), "aria-valuenow": String(known ? left : 0) },
       h("span", { class: `meter-fill${share < 15 ? " is-low" : ""}`, style: `width: ${share.toFixed(1)}%`, "data-left": known ? left : "" }),

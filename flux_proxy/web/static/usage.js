@@ -111,28 +111,29 @@ export class UsageView {
     }
   }
 
-  /** Who is calling, and what is left of their own daily quota. */
+  /** Who is calling, and what is left of their own daily quota (GET /v1/usage/quota). */
   renderQuota(quota) {
     const section = this.sections.quota;
-    const limits = quota.limits || {};
-    const left = quota.remaining_today || quota.left_today || {};
-    const used = quota.used_today || {};
-    const rows = [];
-    for (const [measure, unit] of [["images", "images"], ["neurons", "neurons"]]) {
-      const limit = numberOr(limits[`daily_${measure}`] ?? quota[`daily_${measure}`]);
-      const remaining = numberOr(left[measure] ?? quota[`${measure}_remaining_today`]);
-      const spent = numberOr(used[measure] ?? quota[`${measure}_today`]);
-      const leftValue = remaining ?? (limit !== null && spent !== null ? Math.max(0, limit - spent) : null);
-      rows.push(meter({ left: leftValue, total: limit, label: `Your ${unit}`, unit, className: `quota-${measure}` }));
-    }
+    const rows = ["images", "neurons"].map((measure) => {
+      const limit = numberOr(quota[`daily_${measure}`]);
+      const used = numberOr(quota[`${measure}_used`]) ?? 0;
+      const left = numberOr(quota[`${measure}_remaining`]);
+      return h(
+        "div",
+        { class: `quota-row quota-${measure}` },
+        meter({ left, total: limit, label: `Your ${measure}`, unit: measure }),
+        h("p", { class: "hint quota-used", text: `${formatAmount(Math.round(used))} ${measure} used today` }),
+      );
+    });
     section.querySelector(".usage-body").replaceChildren(
       h(
         "p",
         { class: "quota-who" },
-        h("span", { class: "mono quota-name", text: quota.name || "this key" }),
+        h("span", { class: "mono quota-name", text: quota.key || "this key" }),
         h("span", { class: `state role-${quota.role}`, text: quota.role || "user" }),
       ),
       ...rows,
+      ...(Array.isArray(quota.models) ? [h("p", { class: "hint", text: `Models: ${quota.models.join(", ")}` })] : []),
     );
     section.hidden = false;
   }
@@ -147,6 +148,7 @@ export class UsageView {
       if (number !== null) numbers.add(number);
     }
     const series = seriesBy(rows, days, "account", "neurons", (value) => `#${accountNumber(value) ?? value}`);
+    const highest = Math.max(0, ...series.flatMap((s) => s.values)); // one scale for every account
     const cards = [...numbers].sort((a, b) => a - b).map((number) => {
       const account = snapshot.find((a) => a.number === number) || {};
       const values = series.find((s) => s.name === `#${number}`)?.values || new Array(days.length).fill(0);
@@ -161,7 +163,7 @@ export class UsageView {
           account.state ? h("span", { class: `state state-${account.state}`, text: account.state }) : null,
           h("span", { class: "hint", text: `${formatAmount(Math.round(total))} neurons in ${DAYS} days` }),
         ),
-        stackedBars({ days, series: [{ name: `#${number}`, values }], height: 120, unit: "neurons", label: `Account #${number}: neurons per day, last ${DAYS} days` }),
+        stackedBars({ days, series: [{ name: `#${number}`, values }], height: 120, max: highest, unit: "neurons", label: `Account #${number}: neurons per day, last ${DAYS} days` }),
         meter({
           left: numberOr(account.neurons_remaining_today),
           total: numberOr(account.daily_budget),
@@ -182,7 +184,7 @@ export class UsageView {
     const series = seriesBy(rows, days, "key", "images");
     section.querySelector(".usage-body").replaceChildren(
       series.length
-        ? stackedBars({ days, series, unit: "images", label: `Images per key per day, last ${DAYS} days` })
+        ? stackedBars({ days, series, unit: "images", legendAlways: true, label: `Images per key per day, last ${DAYS} days` })
         : h("p", { class: "hint", text: `No images in the last ${DAYS} days.` }),
     );
     section.hidden = false;
@@ -191,7 +193,7 @@ export class UsageView {
   /** A user key's own images per day. */
   renderMine(rows, days, quota) {
     const section = this.sections.mine;
-    const series = [{ name: quota.name || "this key", values: seriesBy(rows, days, "day", "images", () => "all")[0]?.values || new Array(days.length).fill(0) }];
+    const series = [{ name: quota.key || "this key", values: seriesBy(rows, days, "day", "images", () => "all")[0]?.values || new Array(days.length).fill(0) }];
     section.querySelector(".usage-body").replaceChildren(
       stackedBars({ days, series, unit: "images", label: `Your images per day, last ${DAYS} days` }),
     );
