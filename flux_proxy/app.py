@@ -31,9 +31,10 @@ from flux_proxy.logs import configure_logging, log_event
 from flux_proxy.metrics import Metrics
 from flux_proxy.pool import AccountPool
 from flux_proxy.settings import Settings
-from flux_proxy.store.base import StateStore
+from flux_proxy.store.base import StateStore, StoreUnavailable
 from flux_proxy.store.factory import open_store
 from flux_proxy.upstream.client import WorkersAIClient
+from flux_proxy.work.batch_service import open_batches
 
 
 def create_app(
@@ -82,6 +83,10 @@ def create_app(
                 quota=KeyQuota(state, clock, effective, metrics),
             )
             await stack.enter_async_context(keyring.watching())
+            # Files and Batch API (issue 10): its stores, and this replica's batch runner.
+            app.state.batches = open_batches(app.state.services)
+            app.state.batches.runner.start()
+            stack.push_async_callback(app.state.batches.runner.stop)
             log_event(
                 "started",
                 mode="emulator" if effective.emulator else "cloudflare",
@@ -109,7 +114,11 @@ def create_app(
         routes=[*routes(), openapi_route()],
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            StoreUnavailable: _store_unavailable,
+        },
     )
 
 
@@ -153,5 +162,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         messages.get(exc.status_code, str(exc.detail)),
         code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code),
         headers=exc.headers,
+    )
+    return error_response(error)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    # Batches and files live only in the shared state; while it is away, say so (retryable).
+    error = ApiError(
+        503,
+        "the shared state store is unreachable; try again shortly",
+        code="state_store_unavailable",
+        headers={"retry-after": "5"},
     )
     return error_response(error)

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import hashlib
 import time
+from collections.abc import Collection
 from typing import Protocol
 
 from flux_proxy.clock import Clock, iso, next_utc_midnight, utc_day
@@ -79,10 +80,23 @@ class AccountPool:
 
     # --- the request path ----------------------------------------------------------------
 
-    async def generate(self, job: ImageJob, *, request_id: str) -> GeneratedImage:
-        """An image from the first account that can make it; ApiError when none can."""
+    async def generate(
+        self,
+        job: ImageJob,
+        *,
+        request_id: str,
+        accounts: Collection[int] | None = None,
+        keep_back: float = 0.0,
+    ) -> GeneratedImage:
+        """An image from the first account that can make it; ApiError when none can.
+
+        Batch lines pass `accounts` (only these account numbers may be used) and `keep_back`
+        (neurons of each daily budget they must leave for live requests).
+        """
         run = RequestTally(deadline=self.clock.now() + self.settings.request_deadline)
         order = await self._order()
+        if accounts is not None:
+            order = [account for account in order if account.number in accounts]
         slot_wait_until: float | None = None
         while True:
             busy: list[AccountConfig] = []
@@ -98,7 +112,7 @@ class AccountPool:
                 if not self.slots.try_take(account.number):
                     busy.append(account)
                     continue
-                image = await self._try(account, job, run, request_id)
+                image = await self._try(account, job, run, request_id, keep_back)
                 if image is not None:
                     return image
                 if run.deadline_hit:
@@ -173,7 +187,12 @@ class AccountPool:
         return reason
 
     async def _try(
-        self, account: AccountConfig, job: ImageJob, run: RequestTally, request_id: str
+        self,
+        account: AccountConfig,
+        job: ImageJob,
+        run: RequestTally,
+        request_id: str,
+        keep_back: float = 0.0,
     ) -> GeneratedImage | None:
         """One attempt on an account whose slot the caller took. Gives the slot back."""
         number, key = account.number, self._keys_of(account)[0]
@@ -181,12 +200,13 @@ class AccountPool:
         try:
             now = self.clock.now()
             estimate = job.estimated_neurons()
+            budget = self.settings.budget_for(account)
             reservation = await self.store.try_reserve(
                 key,
                 utc_day(now),
                 # A price-less model still needs a budget left to be worth a call.
                 max(estimate, 1.0),
-                self.settings.budget_for(account),
+                None if budget is None else max(0.0, budget - keep_back),
                 ttl=self.settings.upstream_read_timeout + 60,
             )
             run.tried.add(number)

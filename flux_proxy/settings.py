@@ -189,6 +189,27 @@ class Settings(BaseSettings):
     # or only with an admin key (`admin`).
     metrics_auth: Literal["none", "admin"] = "none"
 
+    # --- Files and Batch API (issue 10) ----------------------------------------------------
+    # OpenAI's own limits (200 MB a file, 50,000 lines a batch) are the ceilings.
+    files_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1, le=200 * 1024 * 1024)
+    files_ttl_seconds: int = Field(default=30 * 86400, ge=60)  # uploaded files
+    batch_max_lines: int = Field(default=50_000, ge=1, le=50_000)
+    # Output and error files, and the images their URLs point at.
+    batch_output_ttl: int = Field(default=30 * 86400, ge=60)
+    # Live requests keep priority: batch lines use at most this share of each account's
+    # ACCOUNT_CONCURRENCY slots (at least one), ...
+    batch_slot_share: float = Field(default=0.5, gt=0, le=1)
+    # ... and leave this many neurons of each account's daily budget for live requests.
+    # None: the price of one image of DEFAULT_MODEL at its default size and steps.
+    batch_budget_reserve: float | None = Field(default=None, ge=0)
+    # A line's runner holds it this long; after that another runner (replica) takes it over.
+    # Must outlast REQUEST_DEADLINE, or a slow line could run twice.
+    batch_line_lease_seconds: float = Field(default=600.0, gt=0)
+    # How often an idle runner looks at the store for new batches, cancels and returns of
+    # accounts. It never calls Cloudflare to find out.
+    batch_poll_seconds: float = Field(default=2.0, gt=0)
+    batch_runner: bool = True  # False: this replica serves the API but runs no batch lines
+
     @classmethod
     def settings_customise_sources(
         cls,

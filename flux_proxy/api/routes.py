@@ -127,6 +127,8 @@ async def _images(request: Request, *, edit: bool) -> Response:
 async def image_file(request: Request) -> Response:
     svc = services(request)
     found = await svc.images.get(request.path_params["name"])
+    if found is None and hasattr(request.app.state, "batches"):  # a batch answer's image
+        found = await request.app.state.batches.images.get(request.path_params["name"])
     if found is None:
         raise ApiError(404, "no such image, or it has expired", code="image_not_found")
     data, content_type = found
@@ -289,7 +291,12 @@ async def index(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
+    from flux_proxy.api.batches import batch_routes  # imported here: they import this module
+    from flux_proxy.api.files import file_routes
+
     return [
+        *file_routes(),
+        *batch_routes(),
         Route("/v1/images/generations", generations, methods=["POST"]),
         Route("/v1/images/edits", edits, methods=["POST"]),
         Route(FILES_PATH + "{name}", image_file, methods=["GET", "HEAD"]),

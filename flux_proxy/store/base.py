@@ -219,3 +219,102 @@ class StateStore(Protocol):
     async def status(self) -> dict:
         """`{"backend": name, "ok": bool, "detail": str}` for /health; never credentials."""
         ...
+
+
+# --- batches and files (issue 10) -------------------------------------------------------------
+#
+# Two kinds of durable state for the Files and Batch APIs, on every back-end:
+# - documents: small JSON objects by (kind, id), e.g. a file's metadata or a batch object.
+#   `patch_doc` is a compare-and-set, so status changes (cancel vs. finish) never race.
+# - batch lines: a work queue per batch. A line is claimed by one runner at a time with a
+#   lease; a claim whose lease lapsed (its runner died) is taken over. A line's outcome is
+#   recorded once (the first `finish_line` wins) together with the batch's counters, so
+#   progress counts are exact across replicas. Redis builds this on a Stream with a consumer
+#   group (XREADGROUP / XAUTOCLAIM / XACK); SQLite on rows changed in IMMEDIATE transactions.
+
+LINE_OUTCOMES = ("completed", "failed", "expired", "cancelled")
+
+
+class StoreUnavailable(RuntimeError):
+    """Shared state that has no sensible local stand-in (a batch queue) cannot be reached."""
+
+
+@dataclass(frozen=True)
+class LineClaim:
+    """One batch line, held by one runner until it is finished or released."""
+
+    batch: str
+    index: int  # the line's position in the input file, from 0
+    payload: str  # the input line as JSON text
+    token: str  # the back-end's handle on this claim (e.g. a Redis stream entry id)
+
+
+class BatchStateStore(Protocol):
+    async def put_doc(self, kind: str, doc_id: str, doc: dict) -> None: ...
+
+    async def get_doc(self, kind: str, doc_id: str) -> dict | None: ...
+
+    async def list_docs(self, kind: str) -> list[dict]:
+        """Every document of a kind, in no particular order."""
+        ...
+
+    async def patch_doc(
+        self, kind: str, doc_id: str, changes: dict, when: dict | None = None
+    ) -> dict | None:
+        """Merge `changes` into the document if each `when` field holds the given value (a
+        list or tuple: any of its values; a missing field counts as None). Returns the new
+        document, or None when it does not exist or the condition failed."""
+        ...
+
+    async def delete_doc(self, kind: str, doc_id: str) -> bool: ...
+
+    async def add_lines(self, batch: str, payloads: list[str], ttl: float) -> None:
+        """Queue a batch's lines (index = position in `payloads`); forgotten after `ttl` s."""
+        ...
+
+    async def claim_line(self, batch: str, worker: str, lease: float) -> LineClaim | None:
+        """A line nobody holds: a new one, or one held longer than `lease` seconds (its
+        runner died). Every runner passes the same lease, the `BATCH_LINE_LEASE_SECONDS` setting."""
+        ...
+
+    async def release_line(self, claim: LineClaim) -> None:
+        """Give an unfinished line back, to be claimed again at once (it was not run)."""
+        ...
+
+    async def finish_line(
+        self, claim: LineClaim, outcome: str, result: str, neurons: float = 0.0
+    ) -> dict | None:
+        """Record a line's outcome (one of LINE_OUTCOMES) and its result JSON, once.
+
+        Returns the batch's counts after this line (`line_counts`), or None when the line
+        already had an outcome (another runner finished it first), changing nothing.
+        """
+        ...
+
+    async def line_counts(self, batch: str) -> dict:
+        """`{"completed", "failed", "expired", "cancelled": int, "neurons": float}`."""
+        ...
+
+    async def line_results(self, batch: str) -> list[tuple[int, str, str]]:
+        """(index, outcome, result JSON) of every finished line, by index."""
+        ...
+
+    async def drop_lines(self, batch: str) -> None:
+        """Forget a batch's queue, results and counts (its output file has been written)."""
+        ...
+
+
+def empty_line_counts() -> dict:
+    return {"completed": 0, "failed": 0, "expired": 0, "cancelled": 0, "neurons": 0.0}
+
+
+def doc_matches(doc: dict, when: dict | None) -> bool:
+    """The `patch_doc` condition, shared by the back-ends that check it in Python."""
+    for field_name, wanted in (when or {}).items():
+        value = doc.get(field_name)
+        if isinstance(wanted, list | tuple):
+            if value not in wanted:
+                return False
+        elif value != wanted:
+            return False
+    return True

@@ -4,17 +4,22 @@ when Redis is unreachable."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import secrets
+from dataclasses import dataclass
 
 from flux_proxy.clock import Clock, utc_day
 from flux_proxy.store.base import (
     Block,
     KeyReservation,
     KeyUsage,
+    LineClaim,
     Reservation,
     Usage,
     UsageRow,
     add_rows,
+    doc_matches,
+    empty_line_counts,
 )
 
 
@@ -30,6 +35,10 @@ class MemoryStore:
         self._blobs: dict[str, tuple[bytes, str, float]] = {}
         self._usage_rows: dict[tuple[str, str, str, str], UsageRow] = {}  # (day, key, acct, model)
         self._key_holds: dict[str, tuple[KeyReservation, float]] = {}  # id -> (hold, expires)
+        # batches and files (issue 10)
+        self._docs: dict[tuple[str, str], dict] = {}
+        self._lines: dict[str, list[_Line]] = {}
+        self._line_counts: dict[str, dict] = {}
 
     async def open(self) -> None:
         return None
@@ -176,3 +185,89 @@ class MemoryStore:
 
     async def status(self) -> dict:
         return {"backend": self.name, "ok": True, "detail": "in-process; forgotten on restart"}
+
+    # --- batches and files (issue 10) ---------------------------------------------------------
+    async def put_doc(self, kind: str, doc_id: str, doc: dict) -> None:
+        self._docs[(kind, doc_id)] = copy.deepcopy(doc)
+
+    async def get_doc(self, kind: str, doc_id: str) -> dict | None:
+        doc = self._docs.get((kind, doc_id))
+        return copy.deepcopy(doc) if doc is not None else None
+
+    async def list_docs(self, kind: str) -> list[dict]:
+        return [copy.deepcopy(d) for (k, _), d in self._docs.items() if k == kind]
+
+    async def patch_doc(
+        self, kind: str, doc_id: str, changes: dict, when: dict | None = None
+    ) -> dict | None:
+        doc = self._docs.get((kind, doc_id))
+        if doc is None or not doc_matches(doc, when):
+            return None
+        doc.update(copy.deepcopy(changes))
+        return copy.deepcopy(doc)
+
+    async def delete_doc(self, kind: str, doc_id: str) -> bool:
+        return self._docs.pop((kind, doc_id), None) is not None
+
+    async def add_lines(self, batch: str, payloads: list[str], ttl: float) -> None:
+        self._lines[batch] = [_Line(payload) for payload in payloads]
+        self._line_counts[batch] = empty_line_counts()
+
+    async def claim_line(self, batch: str, worker: str, lease: float) -> LineClaim | None:
+        now = self._clock.now()
+        for index, line in enumerate(self._lines.get(batch, ())):
+            free = line.holder is None or line.lease_until <= now
+            if line.outcome is None and free:
+                line.holder, line.lease_until = worker, now + lease
+                line.claims += 1
+                return LineClaim(batch, index, line.payload, f"{worker}/{line.claims}")
+        return None
+
+    async def release_line(self, claim: LineClaim) -> None:
+        line = self._line(claim)
+        if line is not None and line.outcome is None and line.token == claim.token:
+            line.holder = None
+
+    async def finish_line(
+        self, claim: LineClaim, outcome: str, result: str, neurons: float = 0.0
+    ) -> dict | None:
+        line = self._line(claim)
+        if line is None or line.outcome is not None:
+            return None
+        line.outcome, line.result, line.holder = outcome, result, None
+        counts = self._line_counts[claim.batch]
+        counts[outcome] += 1
+        counts["neurons"] += neurons
+        return dict(counts)
+
+    async def line_counts(self, batch: str) -> dict:
+        return dict(self._line_counts.get(batch) or empty_line_counts())
+
+    async def line_results(self, batch: str) -> list[tuple[int, str, str]]:
+        return [
+            (index, line.outcome, line.result)
+            for index, line in enumerate(self._lines.get(batch, ()))
+            if line.outcome is not None and line.result is not None
+        ]
+
+    async def drop_lines(self, batch: str) -> None:
+        self._lines.pop(batch, None)
+        self._line_counts.pop(batch, None)
+
+    def _line(self, claim: LineClaim) -> _Line | None:
+        lines = self._lines.get(claim.batch, [])
+        return lines[claim.index] if 0 <= claim.index < len(lines) else None
+
+
+@dataclass
+class _Line:
+    payload: str
+    outcome: str | None = None
+    result: str | None = None
+    holder: str | None = None
+    lease_until: float = 0.0
+    claims: int = 0
+
+    @property
+    def token(self) -> str:
+        return f"{self.holder}/{self.claims}"
