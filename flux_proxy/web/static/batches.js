@@ -322,7 +322,7 @@ class BatchCard {
     const title = batch.metadata?.title || batch.id;
     const created = toMillis(batch.created_at);
     this.node.dataset.status = batch.status;
-    this.node.replaceChildren(
+    const parts = [
       h(
         "div",
         { class: "batch-head" },
@@ -358,7 +358,8 @@ class BatchCard {
       this.neuronsLine(),
       this.errorsList(),
       h("div", { class: "batch-actions" }, this.actions()),
-    );
+    ];
+    this.node.replaceChildren(...parts.filter(Boolean));
   }
 
   whenText() {
@@ -510,19 +511,19 @@ export class BatchesView {
     if (this.active && moving) this.timer = setTimeout(() => document.visibilityState === "visible" ? this.refresh() : this.schedule(), POLL_MS);
   }
 
+  /** `batches` newest first (as GET /v1/batches lists them, or the one just submitted). */
   upsert(batches, first = false) {
-    for (const batch of batches) {
+    for (const batch of [...batches].reverse()) {
       const card = this.cards.get(batch.id);
       if (card) card.update(batch);
       else {
         const fresh = new BatchCard(batch, { onChanged: () => this.schedule() });
+        fresh.seq = this.cards.size; // breaks ties of batches made in the same second
         this.cards.set(batch.id, fresh);
-        if (first) this.list.prepend(fresh.node);
-        else this.list.appendChild(fresh.node);
       }
     }
-    // Newest first, as GET /v1/batches lists them.
-    const ordered = [...this.cards.values()].sort((a, b) => (toMillis(b.batch.created_at) || 0) - (toMillis(a.batch.created_at) || 0));
+    const created = (card) => toMillis(card.batch.created_at) || 0;
+    const ordered = [...this.cards.values()].sort((a, b) => created(b) - created(a) || b.seq - a.seq);
     for (const card of ordered) this.list.appendChild(card.node);
     this.empty.hidden = this.cards.size > 0;
     if (first) this.schedule();
