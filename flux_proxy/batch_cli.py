@@ -285,6 +285,7 @@ async def follow(api: Api, batch_id: str, out: Path, poll: float, console: Conso
                 failed=f"{failed} failed" if failed else "",
                 eta=eta_text(batch),
             )
+            progress.refresh()  # the "saved" lines below print under the bar as it is now
             # Output appears as a file (at the end, as at OpenAI; earlier where the proxy
             # offers it): each poll saves whatever lines are new.
             if batch.get("output_file_id"):
