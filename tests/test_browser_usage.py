@@ -175,6 +175,7 @@ def test_views_fit_a_phone_and_screenshots_of_batches_and_usage(
             expect(page.locator(".batch-card")).to_have_count(2)
             page.fill("#batch-prompts", "\n".join(f"product shot {n}, white" for n in range(40)))
             expect(page.locator("#batch-estimate")).to_contain_text("at today's budgets about")
+            page.evaluate("document.querySelector('#batch-prompts').scrollTop = 0")
         for width, suffix in ((1280, ""), (390, "-mobile")):
             page.set_viewport_size({"width": width, "height": 844})
             assert overflow(page) <= 0, f"the {view} view scrolls sideways at {width} px"
