@@ -54,6 +54,10 @@ _INHERITED_PREFIXES = (
     "SLOT_",
     "PUBLIC_BASE_URL",
     "NO_AUTH",
+    "API_KEYS_FILE",
+    "KEYS_RELOAD",
+    "USAGE_HISTORY",
+    "METRICS_AUTH",
 )
 
 

@@ -172,7 +172,10 @@ def model_entry(spec: ModelSpec) -> dict:
 
 async def list_models(request: Request) -> Response:
     default = find_model(services(request).settings.default_model)
-    data = [model_entry(spec) | {"default": spec is default} for spec in MODELS]
+    # A key limited to some models is shown those only.
+    caller = caller_of(request.scope)
+    usable = [spec for spec in MODELS if caller.may_use(spec.id)]
+    data = [model_entry(spec) | {"default": spec is default} for spec in usable]
     return json_response({"object": "list", "data": data})
 
 

@@ -93,6 +93,7 @@ async def usage(request: Request) -> Response:
     dimensions = _group_by(request)
     oldest = today - datetime.timedelta(days=svc.settings.usage_history_days)
     start = max(start, oldest)  # older rows are not kept
+    end = min(end, today)  # nor are there any yet for days to come
     wanted = request.query_params.get("key") if caller.is_admin else caller.name
     rows = (
         await svc.store.usage_rows(start.isoformat(), end.isoformat(), wanted or None)
