@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from flux_proxy import batch_cli
+from flux_proxy.catalogue_check import COMMAND as MODELS_COMMAND
 from flux_proxy.settings import ConfigError, Settings
 
 EXIT_CONFIG = 2
@@ -178,6 +179,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "keys": ("named API keys: `keys new NAME` prints a new one", *_keys_command()),
     "batch": ("a file of prompts as one batch", batch_cli.add_arguments, batch_cli.run),
+    "models": MODELS_COMMAND,
 }
 
 

@@ -72,7 +72,8 @@ class AccountPool:
         self.accounts = sorted(settings.accounts, key=lambda account: account.number)
         self.slots = SlotBoard(settings.account_concurrency)
         self._cursor = 0
-        self._model_unavailable: dict[tuple[int, str], float] = {}
+        # (account number, model id) -> (until, why), shown per account in /health
+        self._model_unavailable: dict[tuple[int, str], tuple[float, str]] = {}
         self._transient_streak: dict[int, int] = {}
         self._last_error_code: dict[int, int | None] = {}
         # The store keys of each account, worked out once: they are asked for on every request.
@@ -178,7 +179,7 @@ class AccountPool:
             else:
                 run.exhausted += 1
                 run.returns.append(block.until or self.clock.now())
-        elif self._model_unavailable.get((number, job.model.id), 0.0) > self.clock.now():
+        elif self._model_unavailable.get((number, job.model.id), (0.0, ""))[0] > self.clock.now():
             reason = "model_unavailable"
             run.model_unavailable += 1
         if reason is not None:
@@ -232,7 +233,11 @@ class AccountPool:
             if attempt.kind is OutcomeKind.SUCCESS and attempt.image is not None:
                 attempt.image.account = number
                 return attempt.image
-            if attempt.kind in (OutcomeKind.INPUT_ERROR, OutcomeKind.TOO_LARGE):
+            if attempt.kind in (
+                OutcomeKind.INPUT_ERROR,
+                OutcomeKind.TOO_LARGE,
+                OutcomeKind.CONFIG_ERROR,
+            ):
                 raise rejected_input(attempt)
             return None
         finally:
@@ -288,7 +293,8 @@ class AccountPool:
             block = Block("disabled", None, attempt.message, attempt.code, now)
             run.disabled += 1
         elif kind is OutcomeKind.MODEL_UNAVAILABLE:
-            self._model_unavailable[(number, job.model.id)] = now + MODEL_UNAVAILABLE_SECONDS
+            until = now + MODEL_UNAVAILABLE_SECONDS
+            self._model_unavailable[(number, job.model.id)] = (until, attempt.message)
             run.model_unavailable += 1
         if block is not None:
             await self._block(account, block)
@@ -385,9 +391,19 @@ class AccountPool:
                     "in_flight": self.slots.in_use(account.number),
                     "last_error_code": self._last_error_code.get(account.number),
                     "next_reset": iso(next_utc_midnight(now)),
+                    "models_unavailable": self._models_unavailable(account.number, now),
                 }
             )
         return entries
+
+    def _models_unavailable(self, number: int, now: float) -> list[dict]:
+        """Models this account answered it cannot serve (paid plan, private, terms not
+        accepted), with Cloudflare's reason, until the pool tries it again."""
+        return [
+            {"model": model, "until": iso(until), "reason": reason}
+            for (account, model), (until, reason) in sorted(self._model_unavailable.items())
+            if account == number and until > now
+        ]
 
     @staticmethod
     def is_usable_now(entry: dict) -> bool:

@@ -73,7 +73,10 @@ def nothing_usable(run: RequestTally, job: ImageJob, deadline: float, now: float
 
 
 def rejected_input(attempt: Attempt) -> ApiError:
-    """Cloudflare refused the input itself: the caller's fault, no other account is tried."""
+    """Cloudflare refused the input itself: the caller's fault, no other account is tried.
+    A refused request form (405) is the proxy's fault, and no account would answer otherwise."""
+    if attempt.kind is OutcomeKind.CONFIG_ERROR:
+        return ApiError(502, attempt.message, code="upstream_configuration_error")
     status = 413 if attempt.kind is OutcomeKind.TOO_LARGE else 400
     return ApiError(status, attempt.message, param=attempt.param, code="upstream_rejected_input")
 

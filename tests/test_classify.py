@@ -42,6 +42,13 @@ ROWS = [
     (403, 5035, "This model requires the Workers Paid plan", K.MODEL_UNAVAILABLE),
     (400, 5007, "No such model @cf/nope", K.MODEL_UNAVAILABLE),
     (404, 3042, "Model not found", K.MODEL_UNAVAILABLE),
+    (403, 5018, "The account is not allowed to access this model", K.MODEL_UNAVAILABLE),
+    (403, 3041, "The account is not allowed to access this model", K.MODEL_UNAVAILABLE),
+    (403, 5016, "User has not agreed to Llama3.2 model terms", K.MODEL_UNAVAILABLE),
+    (400, 3039, "Finetune is missing required files", K.INPUT_ERROR),
+    (405, 5019, "Request trying to use deprecated SDK version", K.CONFIG_ERROR),
+    (405, 5005, "The model does not support LoRa inference", K.CONFIG_ERROR),
+    (405, None, "Method not allowed", K.CONFIG_ERROR),
     (400, 5006, "AiError: Bad input: must have required property 'prompt'", K.INPUT_ERROR),
     (400, 3030, "Your output has been flagged", K.INPUT_ERROR),
     (400, 3030, "Invalid input image[0]: unable to decode image file", K.INPUT_ERROR),
@@ -88,6 +95,12 @@ def test_garbage_and_answers_without_image_are_transient(status, body):
 def test_answer_without_image_says_so():
     attempt = classify(200, {}, {"result": {}, "success": True})
     assert attempt.message == "Workers AI answered without an image"
+
+
+def test_terms_not_accepted_says_what_to_do_and_quotes_cloudflare():
+    attempt = classify(403, {}, envelope(5016, "User has not agreed to Leonardo model terms"))
+    assert "not accepted this model's terms" in attempt.message
+    assert "User has not agreed to Leonardo model terms" in attempt.message
 
 
 def test_input_error_message_quotes_cloudflare_trimmed():

@@ -237,6 +237,32 @@ async def test_raw_bytes_answer_png(client):
 
 
 @pytest.mark.parametrize(
+    ("body", "label", "mime"),
+    [
+        (JPEG, "image/png", "image/jpeg"),  # SDXL-lightning, observed
+        (PNG, "image/jpeg", "image/png"),
+        (PNG, "application/octet-stream", "image/png"),
+        (JPEG, "image/jpeg", "image/jpeg"),
+    ],
+)
+async def test_raw_bytes_answer_type_comes_from_the_bytes_not_the_label(client, body, label, mime):
+    model = "@cf/bytedance/stable-diffusion-xl-lightning"
+    with mocked_cloudflare() as mocked:
+        mocked.post(url_for(model), body=body, content_type=label)
+        attempt = await client.run(ACCOUNT, job("stable-diffusion-xl-lightning"))
+    assert attempt.kind is OutcomeKind.SUCCESS
+    assert (attempt.image.mime, attempt.image.data) == (mime, body)
+
+
+@pytest.mark.parametrize("body", [b"", b"<html>an error page</html>"])
+async def test_raw_answer_labelled_an_image_that_is_none_is_transient(client, body):
+    with mocked_cloudflare() as mocked:
+        mocked.post(url_for("@cf/lykon/dreamshaper-8-lcm"), body=body, content_type="image/png")
+        attempt = await client.run(ACCOUNT, job("dreamshaper-8-lcm"))
+    assert attempt.kind is OutcomeKind.TRANSIENT and attempt.image is None
+
+
+@pytest.mark.parametrize(
     ("status", "kwargs", "kind"),
     [
         (200, {"payload": {"result": {}, "success": True}}, OutcomeKind.TRANSIENT),

@@ -90,7 +90,38 @@ FAULTS = [
     Fault(
         "model_unavailable_5035", {"status": 403, "code": 5035}, "model", 503, "model_unavailable"
     ),
+    Fault("private_model_5018", {"status": 403, "code": 5018}, "model", 503, "model_unavailable"),
+    Fault("private_model_3041", {"status": 403, "code": 3041}, "model", 503, "model_unavailable"),
+    Fault(
+        "terms_not_accepted_5016",
+        {"status": 403, "code": 5016},
+        "model",
+        503,
+        "model_unavailable",
+    ),
     Fault("input_error_5006", {"status": 400}, "input", 400, "upstream_rejected_input"),
+    Fault(
+        "request_invalid_3039",
+        {"status": 400, "code": 3039},
+        "input",
+        400,
+        "upstream_rejected_input",
+    ),
+    # Refused request forms: the proxy's fault, the same on every account, so no failover.
+    Fault(
+        "deprecated_sdk_405_5019",
+        {"status": 405, "code": 5019},
+        "input",
+        502,
+        "upstream_configuration_error",
+    ),
+    Fault(
+        "lora_unsupported_405_5005",
+        {"status": 405, "code": 5005},
+        "input",
+        502,
+        "upstream_configuration_error",
+    ),
     Fault("too_large_3006", {"status": 413}, "input", 413, "upstream_rejected_input"),
 ]
 

@@ -275,9 +275,21 @@ async def test_model_unavailable_skips_that_model_for_an_hour_only():
     assert client.count(1) == 1
     # The account itself is fine for other models.
     assert (await generate(pool, schnell)).account == 1
-    assert (await pool.snapshot())[0]["state"] == "available"
+    first = (await pool.snapshot())[0]
+    assert first["state"] == "available"
+    (unavailable,) = first["models_unavailable"]  # why, for /health
+    assert unavailable["model"] == "@cf/black-forest-labs/flux-2-dev"
+    assert unavailable["reason"]
     clock.advance(3601)
+    assert (await pool.snapshot())[0]["models_unavailable"] == []
     assert (await generate(pool)).account == 1
+
+
+async def test_a_refused_request_form_is_not_retried_on_other_accounts():
+    pool, client, _, _ = make_pool(3, {1: [fail(K.CONFIG_ERROR, 405, 5019)]})
+    error = await expect_error(pool)
+    assert (error.status, error.code) == (502, "upstream_configuration_error")
+    assert client.count(2) == client.count(3) == 0
 
 
 async def test_model_unavailable_everywhere_is_503():
@@ -646,6 +658,7 @@ async def test_snapshot_shows_masked_ids_usage_and_next_reset():
         "in_flight": 0,
         "last_error_code": None,
         "next_reset": "2025-01-16T00:00:00Z",
+        "models_unavailable": [],
     }
     assert AccountPool.is_usable_now(second)
     for entry in (first, second):

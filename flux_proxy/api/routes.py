@@ -167,6 +167,11 @@ def model_entry(spec: ModelSpec) -> dict:
         "takes_guidance": spec.guidance_range is not None,
         "takes_negative_prompt": spec.takes_negative_prompt,
         "typical_seconds": spec.typical_seconds,
+        # img2img / inpainting: references[0] is the image to change, the mask says where
+        "takes_mask": spec.takes_mask,
+        "takes_strength": spec.takes_strength,
+        "requires_reference": spec.requires_reference,
+        "requires_mask": spec.requires_mask,
     }
 
 

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from flux_proxy.clock import Clock, iso
 from flux_proxy.emulator.body import CallBody, read_body
+from flux_proxy.emulator.catalogue import add_catalogue_routes
 from flux_proxy.emulator.control import add_control_routes
 from flux_proxy.emulator.envelope import (
     ALLOCATION_MESSAGE,
@@ -26,15 +27,21 @@ from flux_proxy.emulator.envelope import (
     success_body,
 )
 from flux_proxy.emulator.faults import TIMEOUT_DEFAULT_SECONDS, FaultRule
-from flux_proxy.emulator.render import RenderKey, encode_answer, output_mime
+from flux_proxy.emulator.render import (
+    RenderKey,
+    SourceImage,
+    encode_answer,
+    other_mime,
+    output_mime,
+)
 from flux_proxy.emulator.state import EMULATOR, Emulator, bearer_token
 from flux_proxy.emulator.validate import ImageInfo, inspect_image, validate
-from flux_proxy.models import ModelSpec
+from flux_proxy.models import TEXT_TO_IMAGE_RATE_LIMIT, ModelSpec
 
 logger = logging.getLogger("flux_proxy.emulator")
 
 API_PREFIX = "/client/v4"
-RATE_LIMIT_PER_MINUTE = 720  # Workers AI text-to-image, per account
+RATE_LIMIT_PER_MINUTE = TEXT_TO_IMAGE_RATE_LIMIT  # Workers AI text-to-image, per account
 MAX_BODY_BYTES = 20 * 1024 * 1024
 _LOGGED_TEXT_LIMIT = 20_000  # characters of one field kept in the call log
 
@@ -46,7 +53,7 @@ BANNER = {
         "benchmarks: images are synthetic and neurons are pretend."
     ),
     "api_base": API_PREFIX,
-    "control": "/__emulator/{faults,reset,calls,usage,config}",
+    "control": "/__emulator/{faults,reset,calls,usage,config,catalogue}",
 }
 
 
@@ -77,6 +84,7 @@ def create_emulator_app(
     app.router.add_get("/", root)
     app.router.add_post(API_PREFIX + "/accounts/{account_id}/ai/run/{model:.+}", run_model)
     app.router.add_get(API_PREFIX + "/user/tokens/verify", verify_token)
+    add_catalogue_routes(app, API_PREFIX)
     add_control_routes(app)
     app.router.add_route("*", API_PREFIX + "/{tail:.*}", no_route)
     return app
@@ -150,7 +158,7 @@ async def _run(request: web.Request, emulator: Emulator, entry: dict[str, Any]):
         raise CloudflareError(401, 10000, "Authentication error")
     if spec is None:
         raise CloudflareError(400, 5007, f"No such model {model_id} or task")
-    retry_after = emulator.limiter.admit(account)
+    retry_after = emulator.limiter.admit(account, *_rate_bucket(emulator, spec))
     if retry_after is not None:
         raise CloudflareError(429, 971, retry_after=retry_after)
     if emulator.ledger.exhausted(account):
@@ -158,23 +166,35 @@ async def _run(request: web.Request, emulator: Emulator, entry: dict[str, Any]):
         message = ALLOCATION_MESSAGE.format(allocation=f"{allocation:,.0f}")
         raise CloudflareError(429, 3036, message)
     params = validate(spec, body, images)
+    source = SourceImage(params.image, params.mask, params.strength) if params.image else None
+    mime, label = output_mime(spec), None
+    if rule is not None and rule.kind == "mislabelled":
+        mime, label = other_mime(mime), mime
     key = RenderKey(
         model_id=spec.id,
         prompt=params.prompt,
         seed=params.seed,
         width=params.width,
         height=params.height,
-        mime=output_mime(spec),
+        mime=mime,
+        inputs=source.digest() if source else None,
     )
-    answer = await emulator.cache.get(key, lambda: encode_answer(spec, key))
+    answer = await emulator.cache.get(key, lambda: encode_answer(spec, key, source, label))
     neurons = spec.estimate_neurons(params.width, params.height, params.steps, params.references)
+    # Billed with exactly the figure the header reports; phoenix-1.0 reports none (observed)
+    # but is billed all the same.
     emulator.ledger.charge(account, neurons)
     entry["neurons"] = neurons
-    return web.Response(
-        body=answer.body,
-        content_type=answer.content_type,
-        headers={"cf-ai-neurons": f"{neurons:.2f}"},
-    )
+    headers = {"cf-ai-neurons": f"{neurons:.2f}"} if spec.reports_neurons else {}
+    return web.Response(body=answer.body, content_type=answer.content_type, headers=headers)
+
+
+def _rate_bucket(emulator: Emulator, spec: ModelSpec) -> tuple[str, int | None]:
+    """Text-to-image models share the account's per-minute limit (the emulator's setting); a
+    model with its own documented limit (img2img: 1,500/min) has a window of its own."""
+    if spec.rate_limit_per_minute == TEXT_TO_IMAGE_RATE_LIMIT:
+        return "text-to-image", None
+    return spec.id, spec.rate_limit_per_minute
 
 
 def _log_body(entry: dict[str, Any], body: CallBody, images: dict[str, ImageInfo | None]) -> None:
@@ -186,6 +206,7 @@ def _log_body(entry: dict[str, Any], body: CallBody, images: dict[str, ImageInfo
             "format": info.format if info else None,
             "width": info.width if info else None,
             "height": info.height if info else None,
+            "sha256": hashlib.sha256(upload.data).hexdigest(),
         }
         for name, upload in body.files.items()
         for info in [images.get(name)]
@@ -204,6 +225,8 @@ async def _apply_fault(
     """The faulty answer, or None when the call should go on normally (after a `timeout`)."""
     if rule.kind == "timeout":
         await asyncio.sleep(rule.latency or TIMEOUT_DEFAULT_SECONDS)
+        return None
+    if rule.kind == "mislabelled":  # a normal answer, whose type `_run` then swaps
         return None
     if rule.latency > 0:
         await asyncio.sleep(rule.latency)
@@ -257,6 +280,8 @@ async def _unexpected_errors(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
+    except CloudflareError as error:  # an error answer raised by a handler
+        return error.response()
     except web.HTTPException as error:
         if request.path.startswith(API_PREFIX) and error.status >= 400:
             code = _HTTP_ERROR_CODES.get(error.status, 7000)

@@ -6,11 +6,13 @@ actually sent even when the answer is an error.
 
 from __future__ import annotations
 
-import json
+import base64
+import binascii
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
 from aiohttp import BodyPartReader, web
 
 from flux_proxy.emulator.envelope import CloudflareError
@@ -20,6 +22,9 @@ BodyForm = Literal["multipart", "json", "empty", "invalid"]
 _CHUNK = 64 * 1024
 # A part with this name is an image even when the sender gave it no filename.
 _IMAGE_FIELD = re.compile(r"^input_image_\d+$")
+# JSON bodies (the Stable Diffusion models) carry images as arrays of the file's bytes.
+JSON_BYTE_ARRAYS = ("image", "mask")
+JSON_BASE64 = "image_b64"
 
 
 @dataclass(frozen=True)
@@ -65,12 +70,37 @@ def _parse_json(raw: bytes) -> CallBody:
     if not raw.strip():
         return CallBody(form="empty")
     try:
-        value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        value = orjson.loads(raw)  # an image as a byte array is megabytes of JSON
+    except orjson.JSONDecodeError:
         return CallBody(form="invalid", problem="the body is not valid JSON")
     if not isinstance(value, dict):
         return CallBody(form="invalid", problem="the JSON body must be an object")
-    return CallBody(form="json", fields=value)
+    body = CallBody(form="json", fields=value)
+    _take_json_images(body)
+    return body
+
+
+def _take_json_images(body: CallBody) -> None:
+    """Move well-formed `image`/`mask` byte arrays and `image_b64` into `files`, so the call
+    log and the checks see images; malformed values stay in `fields` for validation to name."""
+    for name in JSON_BYTE_ARRAYS:
+        value = body.fields.get(name)
+        if not isinstance(value, list):
+            continue
+        try:
+            data = bytes(value)  # raises for anything but integers 0-255
+        except (TypeError, ValueError):
+            continue
+        body.files[name] = UploadedFile(data=data, mime=None)
+        del body.fields[name]
+    value = body.fields.get(JSON_BASE64)
+    if isinstance(value, str):
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return
+        body.files[JSON_BASE64] = UploadedFile(data=data, mime=None)
+        del body.fields[JSON_BASE64]
 
 
 async def _read_multipart(request: web.Request, max_bytes: int) -> CallBody:

@@ -14,7 +14,8 @@ from typing import Any
 from aiohttp import web
 
 # The texts Cloudflare uses for the codes the emulator produces on its own or in a fault rule
-# without a message of its own.
+# without a message of its own: the Workers AI errors page's wording where it has the code
+# (placeholders such as `${model}` filled generically), observed texts for the rest.
 ALLOCATION_MESSAGE = (
     "you have used up your daily free allocation of {allocation} neurons, please upgrade to "
     "Cloudflare's Workers Paid plan if you would like to continue usage."
@@ -22,16 +23,23 @@ ALLOCATION_MESSAGE = (
 DEFAULT_MESSAGES: dict[int, str] = {
     971: "Please wait and consider throttling your request speed",
     1000: "Invalid API Token",
-    3003: "Incomplete request",
+    3003: "Request is missing headers or body: body",
     3006: "Request is too large",
     3007: "Request timeout",
-    3008: "Request aborted",
-    3023: "Account blocked",
+    3008: "Request was aborted",
+    3023: "Service unavailable for account",
     3036: ALLOCATION_MESSAGE.format(allocation="10,000"),
+    3039: "Finetune is missing required files (model.safetensors and config.json)",
     3040: "Capacity temporarily exceeded, please try again.",
-    5004: "Invalid data",
+    3041: "The account is not allowed to access this model",
+    3042: "The model name is invalid",
+    5004: "Invalid data type for base64 input: object",
+    5005: "The model does not support LoRa inference",
     5007: "No such model or task",
-    5035: "This model requires the Workers Paid plan",
+    5016: "User has not agreed to the model terms",
+    5018: "The account is not allowed to access this model",
+    5019: "Request trying to use deprecated SDK version",
+    5035: "This model requires a Workers Paid plan.",
     7000: "No route for that URI",
     9109: "Invalid access token",
     10000: "Authentication error",

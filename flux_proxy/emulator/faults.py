@@ -11,11 +11,21 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-FaultKind = Literal["error", "drop", "garbage", "no_image", "timeout"]
+# `mislabelled`: a normal answer in the other image format under the documented label (JPEG
+# bytes as image/png, as SDXL-lightning has been seen doing); billed like any success.
+FaultKind = Literal["error", "drop", "garbage", "no_image", "timeout", "mislabelled"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 # The Cloudflare code an `error` rule uses when it names only a status.
-_CODE_FOR_STATUS = {400: 5006, 401: 10000, 403: 10000, 408: 3007, 413: 3006, 429: 3040}
+_CODE_FOR_STATUS = {
+    400: 5006,
+    401: 10000,
+    403: 10000,
+    405: 5019,
+    408: 3007,
+    413: 3006,
+    429: 3040,
+}
 _SERVER_ERROR_CODE = 3043  # Workers AI's "Internal server error"
 TIMEOUT_DEFAULT_SECONDS = 3600.0  # "a long time": longer than any client will wait
 

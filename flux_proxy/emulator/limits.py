@@ -50,17 +50,20 @@ class RateLimiter:
     def __init__(self, clock: Clock, per_minute: int) -> None:
         self.clock = clock
         self.per_minute = per_minute  # 0: no limit
-        self._seen: dict[str, deque[float]] = {}
+        self._seen: dict[tuple[str, str], deque[float]] = {}
 
-    def admit(self, account: str) -> float | None:
-        """Record the request and return None, or return the seconds until one would fit."""
-        if self.per_minute <= 0:
+    def admit(self, account: str, bucket: str = "", limit: int | None = None) -> float | None:
+        """Record the request and return None, or return the seconds until one would fit.
+        `bucket` names a window of its own (a model with its own limit, `limit` per minute);
+        otherwise the account's shared window and `per_minute` apply."""
+        per_minute = self.per_minute if limit is None else limit
+        if per_minute <= 0:
             return None
         now = self.clock.now()
-        seen = self._seen.setdefault(account, deque())
+        seen = self._seen.setdefault((account, bucket), deque())
         while seen and seen[0] <= now - self.WINDOW:
             seen.popleft()
-        if len(seen) >= self.per_minute:
+        if len(seen) >= per_minute:
             return max(1.0, seen[0] + self.WINDOW - now)
         seen.append(now)
         return None

@@ -30,6 +30,20 @@ class RenderKey:
     width: int
     height: int
     mime: str  # image/png or image/jpeg
+    inputs: str | None = None  # digest of the img2img/inpainting inputs, when there are any
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """What an img2img or inpainting call changes: the picture, and where (white = repaint)."""
+
+    image: bytes
+    mask: bytes | None
+    strength: float | None
+
+    def digest(self) -> str:
+        parts = [self.image, self.mask or b"", repr(self.strength).encode()]
+        return hashlib.sha256(b"\0".join(hashlib.sha256(p).digest() for p in parts)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,12 @@ def output_mime(spec: ModelSpec) -> str:
     return spec.answer_mime if spec.answer_mime in _PIL_FORMATS else "image/png"
 
 
-def render_image(key: RenderKey) -> bytes:
+def other_mime(mime: str) -> str:
+    """The other format, for the `mislabelled` fault: JPEG bytes under a PNG label, or back."""
+    return "image/jpeg" if mime == "image/png" else "image/png"
+
+
+def render_image(key: RenderKey, source: SourceImage | None = None) -> bytes:
     digest = hashlib.sha256(
         json.dumps([key.model_id, key.prompt, key.seed, key.width, key.height]).encode()
     ).digest()
@@ -61,12 +80,28 @@ def render_image(key: RenderKey) -> bytes:
         cx, cy = x * key.width // 255, y * key.height // 255
         radius = max(8, r * min(size) // 1024)
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=tuple(accent))
+    if source is not None:
+        image = _apply_source(image, source)
+        draw = ImageDraw.Draw(image)
     _label(draw, key)
     buffer = BytesIO()
     fmt = _PIL_FORMATS[key.mime]
     options = {"compress_level": 1} if fmt == "PNG" else {"quality": 85}
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def _apply_source(drawn: Image.Image, source: SourceImage) -> Image.Image:
+    """Like the real pipelines, keep the input where nothing is repainted: with a mask, the
+    drawing shows only where the mask is white; without one, it is blended in by `strength`."""
+    with Image.open(BytesIO(source.image)) as img:
+        original = img.convert("RGB").resize(drawn.size)
+    if source.mask is not None:
+        with Image.open(BytesIO(source.mask)) as img:
+            where = img.convert("L").resize(drawn.size)
+        return Image.composite(drawn, original, where)
+    strength = 1.0 if source.strength is None else source.strength
+    return Image.blend(original, drawn, strength)
 
 
 def _label(draw: ImageDraw.ImageDraw, key: RenderKey) -> None:
@@ -83,11 +118,14 @@ def _label(draw: ImageDraw.ImageDraw, key: RenderKey) -> None:
     )
 
 
-def encode_answer(spec: ModelSpec, key: RenderKey) -> Answer:
-    """The success body the model's real API would send, from the model table's answer format."""
-    image = render_image(key)
+def encode_answer(
+    spec: ModelSpec, key: RenderKey, source: SourceImage | None = None, label: str | None = None
+) -> Answer:
+    """The success body the model's real API would send, from the model table's answer format.
+    `label` is the Content-Type of a raw answer when it is not what the bytes are."""
+    image = render_image(key, source)
     if spec.answer == "raw_bytes":
-        return Answer(body=image, content_type=key.mime)
+        return Answer(body=image, content_type=label or key.mime)
     envelope = {
         "result": {"image": base64.b64encode(image).decode("ascii")},
         "success": True,

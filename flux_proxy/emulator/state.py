@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +43,7 @@ class Emulator:
         self.latency = latency
         self.max_body_bytes = max_body_bytes
         self._initial = {"latency": latency, "daily_neurons": daily_neurons}
+        self.on_reset: list[Callable[[], None]] = []  # what other parts remember (catalogue)
 
     def token_matches(self, account: str, token: str | None) -> bool:
         expected = self.accounts.get(account)
@@ -66,6 +68,8 @@ class Emulator:
         self.token_checks = 0
         self.latency = self._initial["latency"]
         self.ledger.daily_neurons = self._initial["daily_neurons"]
+        for clear in self.on_reset:
+            clear()
 
 
 EMULATOR = web.AppKey("flux_proxy_emulator", Emulator)

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from flux_proxy.emulator.body import CallBody
+from flux_proxy.emulator.body import JSON_BASE64, JSON_BYTE_ARRAYS, CallBody
 from flux_proxy.emulator.envelope import CloudflareError, bad_input
 from flux_proxy.models import FloatRange, IntRange, ModelSpec
 
@@ -43,6 +43,10 @@ class RunParams:
     steps: int  # the steps the model runs (and bills), settable or fixed
     seed: int | None
     references: tuple[tuple[int, int], ...]  # (width, height) of each input image, in order
+    # img2img / inpainting (JSON bodies): the image to change and where (white = repaint)
+    image: bytes | None = None
+    mask: bytes | None = None
+    strength: float | None = None
 
 
 def inspect_image(data: bytes) -> ImageInfo | None:
@@ -63,6 +67,13 @@ def allowed_fields(spec: ModelSpec) -> set[str]:
         fields |= {"width", "height"}
     if spec.steps_field and spec.takes_steps:
         fields.add(spec.steps_field)
+        fields |= set(spec.steps_aliases)
+    if spec.body == "json" and spec.takes_references:
+        fields |= {"image", JSON_BASE64}
+    if spec.body == "json" and spec.takes_mask:
+        fields.add("mask")
+    if spec.takes_strength:
+        fields.add("strength")
     if spec.guidance_range is not None:
         fields.add("guidance")
     if spec.takes_seed:
@@ -75,7 +86,8 @@ def allowed_fields(spec: ModelSpec) -> set[str]:
 def validate(spec: ModelSpec, body: CallBody, images: dict[str, ImageInfo | None]) -> RunParams:
     """Return the call's parameters or raise the `CloudflareError` Workers AI would answer."""
     _check_form(spec, body)
-    unknown = sorted(set(body.fields) - allowed_fields(spec))
+    names = set(body.fields) | (set(body.files) if body.form == "json" else set())
+    unknown = sorted(names - allowed_fields(spec))
     if unknown:
         raise bad_input(f"additional properties are not allowed: {', '.join(unknown)}")
     prompt = _prompt(spec, body.fields.get("prompt"))
@@ -85,20 +97,66 @@ def validate(spec: ModelSpec, body: CallBody, images: dict[str, ImageInfo | None
         height = _integer(body.fields, "height", spec.size_range)
     steps = None
     if spec.steps_field and spec.steps_range is not None:
-        steps = _integer(body.fields, spec.steps_field, spec.steps_range)
+        for name in (spec.steps_field, *spec.steps_aliases):
+            value = _integer(body.fields, name, spec.steps_range)
+            steps = value if steps is None else steps
     if spec.guidance_range is not None:
         _number(body.fields, "guidance", spec.guidance_range)
+    strength = None
+    if spec.strength_range is not None:
+        strength = _number(body.fields, "strength", spec.strength_range)
     seed = _integer(body.fields, "seed", IntRange(0, 2**64 - 1)) if spec.takes_seed else None
     if "negative_prompt" in body.fields and not isinstance(body.fields["negative_prompt"], str):
         raise bad_input("negative_prompt must be a string")
+    if spec.body == "json":
+        image, mask, references = _json_images(spec, body, images)
+    else:
+        image, mask, references = None, None, _references(spec, body, images)
     return RunParams(
         prompt=prompt,
         width=width or spec.default_width or 1024,
         height=height or spec.default_height or 1024,
         steps=spec.effective_steps(steps),
         seed=seed,
-        references=_references(spec, body, images),
+        references=references,
+        image=image,
+        mask=mask,
+        strength=strength,
     )
+
+
+def _json_images(
+    spec: ModelSpec, body: CallBody, images: dict[str, ImageInfo | None]
+) -> tuple[bytes | None, bytes | None, tuple[tuple[int, int], ...]]:
+    """The image to change and its mask, checked the way the catalogue's schema reads."""
+    for name in (*JSON_BYTE_ARRAYS, JSON_BASE64):
+        if name in body.fields:  # still here: body.py could not read it as an image
+            kind = "a base64 string" if name == JSON_BASE64 else "an array of integers 0-255"
+            raise bad_input(f"{name} must be {kind}")
+    files = body.files
+    source = "image" if "image" in files else JSON_BASE64 if JSON_BASE64 in files else None
+    if source is None:
+        if spec.requires_reference:
+            raise bad_input(f"{spec.id} needs the image to change: send image or image_b64")
+        if "mask" in files:
+            raise bad_input("mask needs an image to apply to: send image or image_b64")
+        return None, None, ()
+    info = images.get(source)
+    if info is None:
+        raise CloudflareError(400, 3030, "Invalid input image: unable to decode image file")
+    if "mask" not in files:
+        if spec.requires_mask:
+            raise bad_input(f"{spec.id} needs a mask: white where the image is repainted")
+        return files[source].data, None, ((info.width, info.height),)
+    mask_info = images.get("mask")
+    if mask_info is None:
+        raise CloudflareError(400, 3030, "Invalid input mask: unable to decode image file")
+    if (mask_info.width, mask_info.height) != (info.width, info.height):
+        raise bad_input(
+            f"mask must be the size of the image ({info.width}x{info.height}), "
+            f"got {mask_info.width}x{mask_info.height}"
+        )
+    return files[source].data, files["mask"].data, ((info.width, info.height),)
 
 
 def _check_form(spec: ModelSpec, body: CallBody) -> None:

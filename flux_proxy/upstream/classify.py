@@ -29,10 +29,14 @@ class OutcomeKind(StrEnum):
     RATE_LIMITED = "rate_limited"  # 429 other → cool down (Retry-After or setting)
     CAPACITY = "capacity"  # 429 3040 → short cool down
     AUTH = "auth"  # 401/403 10000, 9109, 3023 → disable
-    MODEL_UNAVAILABLE = "model_unavailable"  # 403 5035 / 400 5007 / 404 3042
+    # 403 5035 / 5018 / 3041 / 5016, 400 5007, 404 3042 → skip the account for that model
+    MODEL_UNAVAILABLE = "model_unavailable"
     TRANSIENT = "transient"  # 5xx, 408, timeout, connection, garbage, no image
-    INPUT_ERROR = "input_error"  # 400 5006/3030/5004/3003 → straight back to caller, 400
+    INPUT_ERROR = "input_error"  # 400 5006/3030/5004/3003/3039 → straight back to caller, 400
     TOO_LARGE = "too_large"  # 413 / 3006 → straight back, 413
+    # 405 5019 / 5005: the proxy's request form is refused (deprecated SDK, LoRA) → every
+    # account would answer the same, so straight back as the proxy's own fault, 502
+    CONFIG_ERROR = "config_error"
 
 
 @dataclass
@@ -55,8 +59,10 @@ class Attempt:
 QUOTA_CODES = frozenset({3036, 4006})
 CAPACITY_CODES = frozenset({3040})
 AUTH_CODES = frozenset({10000, 9109, 3023})
-MODEL_CODES = frozenset({5035, 5007, 3042})
-INPUT_CODES = frozenset({5006, 3030, 5004, 3003})
+MODEL_CODES = frozenset({5035, 5007, 3042, 5018, 3041, 5016})
+TERMS_CODE = 5016  # "User has not agreed to ... model terms": the account must accept them
+INPUT_CODES = frozenset({5006, 3030, 5004, 3003, 3039})
+CONFIG_CODES = frozenset({5019, 5005})
 TOO_LARGE_CODES = frozenset({3006})
 TIMEOUT_CODES = frozenset({3007, 3008})
 
@@ -106,6 +112,8 @@ def _kind_for(status: int, code: int | None, message: str, body: Any) -> Outcome
         return OutcomeKind.RATE_LIMITED
     if status == 413 or code in TOO_LARGE_CODES:
         return OutcomeKind.TOO_LARGE
+    if code in CONFIG_CODES or status == 405:
+        return OutcomeKind.CONFIG_ERROR
     if code in MODEL_CODES or status == 404:
         return OutcomeKind.MODEL_UNAVAILABLE
     if code in AUTH_CODES or status in (401, 403):
@@ -131,8 +139,15 @@ def _message_for(kind: OutcomeKind, status: int, code: int | None, upstream: str
             return f"Workers AI rate limit reached ({tag})"
         case OutcomeKind.AUTH:
             return f"Cloudflare rejected the account's token or the account is blocked ({tag})"
+        case OutcomeKind.MODEL_UNAVAILABLE if code == TERMS_CODE:
+            return (
+                f"The account has not accepted this model's terms; accept them once for the "
+                f"account to use it ({tag}){detail}"
+            )
         case OutcomeKind.MODEL_UNAVAILABLE:
             return f"The model is not available on this account ({tag}){detail}"
+        case OutcomeKind.CONFIG_ERROR:
+            return f"Workers AI refused how the proxy called the model ({tag}){detail}"
         case OutcomeKind.INPUT_ERROR:
             return f"Workers AI rejected the input ({tag}){detail}"
         case OutcomeKind.TOO_LARGE:

@@ -7,6 +7,7 @@ raw image bytes), `cf-ai-neurons`, `Retry-After`. Upstream trouble never raises.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -15,7 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from flux_proxy.job import GeneratedImage, ImageJob, ReferenceImage
+from flux_proxy.job import GeneratedImage, ImageJob, ReferenceImage, sniff_mime
 from flux_proxy.logs import log_event
 from flux_proxy.settings import AccountConfig
 from flux_proxy.upstream.classify import (
@@ -73,7 +74,12 @@ class WorkersAIClient:
 
     async def run(self, account: AccountConfig, job: ImageJob) -> Attempt:
         started = time.monotonic()
-        body, content_type = build_body(job)
+        if job.model.body == "json" and job.references:
+            # An image as a JSON byte array is ~3.6 characters a byte: some 100 ms for a 3 MB
+            # file, too long to hold the event loop.
+            body, content_type = await asyncio.to_thread(build_body, job)
+        else:
+            body, content_type = build_body(job)
         headers = _auth(account)
         headers["Content-Type"] = content_type
         try:
@@ -112,6 +118,17 @@ class WorkersAIClient:
             return None
         return body.get("success") is True
 
+    async def get_envelope(
+        self, account: AccountConfig, path: str, params: dict[str, str]
+    ) -> tuple[int, Any]:
+        """A GET on the account's API (the free catalogue endpoints): status and parsed body
+        (None when it was no JSON). Connection trouble raises aiohttp's errors."""
+        url = f"{self.base_url}/accounts/{account.account_id}/{path}"
+        async with self.session.get(
+            url, params=params, headers=_auth(account), timeout=self.timeout
+        ) as response:
+            return response.status, _parse_json(await response.read())
+
 
 async def read_whole(response: aiohttp.ClientResponse) -> bytes:
     """The whole body, joined once.
@@ -148,6 +165,21 @@ def upstream_fields(job: ImageJob) -> dict[str, Any]:
         fields["guidance"] = job.guidance
     if model.takes_seed and job.seed is not None:  # seed 0 is a seed
         fields["seed"] = job.seed
+    if model.takes_strength and job.strength is not None:
+        fields["strength"] = job.strength
+    return fields
+
+
+def image_fields(job: ImageJob) -> dict[str, list[int]]:
+    """img2img / inpainting in a JSON body: `image` and `mask` as arrays of the files' bytes,
+    as the catalogue's schema declares them (`mask` has no base64 form, so neither gets one)."""
+    model = job.model
+    fields: dict[str, list[int]] = {}
+    if model.body != "json" or not model.takes_references or not job.references:
+        return fields
+    fields["image"] = list(job.references[0].data)
+    if model.takes_mask and job.mask is not None:
+        fields["mask"] = list(job.mask.data)
     return fields
 
 
@@ -155,7 +187,7 @@ def build_body(job: ImageJob) -> tuple[bytes, str]:
     """The request body and its content type."""
     fields = upstream_fields(job)
     if job.model.body == "json":
-        return orjson.dumps(fields), "application/json"
+        return orjson.dumps(fields | image_fields(job)), "application/json"
     # FLUX.2 wants multipart even for a prompt alone.
     files = [
         (f"input_image_{index}", _EXTENSIONS.get(reference.mime, "bin"), reference)
@@ -213,13 +245,28 @@ def read_answer(
     content_type = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
     model = job.model
 
-    if status == 200 and model.answer == "raw_bytes" and content_type.startswith("image/"):
-        if not payload:
-            return _no_image(status, neurons, latency, "Workers AI answered with an empty image")
-        image = GeneratedImage.from_bytes(
-            payload, mime=content_type, account=account.number, neurons=neurons, seed=job.seed
-        )
-        return _success(image, neurons, latency)
+    if status == 200 and model.answer == "raw_bytes" and not content_type.endswith("json"):
+        # The bytes say what the image is, not the label: SDXL-lightning has been seen sending
+        # JPEG bytes as image/png. URL extension, output_format and conversions follow this.
+        mime = sniff_mime(payload)
+        if mime != "application/octet-stream":
+            if mime != content_type:
+                log_event(
+                    "upstream_mislabelled_image",
+                    logging.DEBUG,
+                    model=model.short_name,
+                    labelled=content_type,
+                    actual=mime,
+                )
+            image = GeneratedImage.from_bytes(
+                payload, mime=mime, account=account.number, neurons=neurons, seed=job.seed
+            )
+            return _success(image, neurons, latency)
+        if content_type.startswith("image/"):
+            message = "Workers AI answered with bytes that are no image"
+            if not payload:
+                message = "Workers AI answered with an empty image"
+            return _no_image(status, neurons, latency, message)
 
     if status == 200 and model.answer == "base64_json":
         body, b64 = _parse_envelope(payload)
