@@ -137,3 +137,40 @@ def test_a_batch_the_proxy_refuses_exits_non_zero_with_the_reason_and_spends_not
     assert "401" in refused.stderr
     missing = run_cli(batch_argv(proxy, tmp_path / "nope.txt"), tmp_path)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+# --- the pieces ---------------------------------------------------------------------------------
+
+
+def test_prompt_lines_are_named_by_their_line_and_carry_the_chosen_fields():
+    from flux_proxy.batch_cli import prompt_lines
+
+    lines = prompt_lines("  a cat \n\n\ta dog\n", {"size": "512x512", "steps": 4})
+    assert lines == [
+        {
+            "custom_id": "0001",
+            "method": "POST",
+            "url": "/v1/images/generations",
+            "body": {"prompt": "a cat", "size": "512x512", "steps": 4},
+        },
+        {
+            "custom_id": "0003",
+            "method": "POST",
+            "url": "/v1/images/generations",
+            "body": {"prompt": "a dog", "size": "512x512", "steps": 4},
+        },
+    ]
+    many = prompt_lines("x\n" * 12000, {})
+    assert many[0]["custom_id"] == "00001" and many[-1]["custom_id"] == "12000"  # sorts as text
+
+
+def test_the_estimate_reads_as_the_page_shows_it():
+    from flux_proxy.batch_cli import describe_estimate
+
+    assert describe_estimate({"estimated_neurons": 37500, "estimated_days": 3}) == (
+        "≈ 37,500 neurons: at today's budgets about 3 days"
+    )
+    assert describe_estimate({"estimated_neurons": 937.5, "estimated_days": 1}) == (
+        "≈ 938 neurons: at today's budgets it fits in today"
+    )
+    assert describe_estimate({"estimated_neurons": 10, "estimated_days": None}) == "≈ 10 neurons"
