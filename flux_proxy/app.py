@@ -30,7 +30,7 @@ from flux_proxy.keys.ring import KeyRing
 from flux_proxy.logs import configure_logging, log_event
 from flux_proxy.metrics import Metrics
 from flux_proxy.pool import AccountPool
-from flux_proxy.settings import Settings
+from flux_proxy.settings import Settings, load_settings
 from flux_proxy.store.base import StateStore, StoreUnavailable
 from flux_proxy.store.factory import open_store
 from flux_proxy.upstream.client import WorkersAIClient
@@ -125,9 +125,7 @@ def create_app(
 def app_from_environment() -> Starlette:
     """The proxy built from the environment alone: the factory each `serve --workers N`
     process calls (`flux_proxy.app:app_from_environment`, uvicorn `--factory`)."""
-    from flux_proxy.cli import load_settings  # the CLI's clean exit on a bad setting
-
-    settings = load_settings()
+    settings = load_settings()  # a bad setting exits with the CLI's clean message
     configure_logging(settings.log_format, settings.log_level)
     return create_app(settings)
 

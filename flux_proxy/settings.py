@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -172,6 +173,22 @@ class Settings(BaseSettings):
     # trickle cannot hold a connection and its buffers for ever.
     body_read_timeout: float = Field(default=60.0, gt=0)
 
+    # --- OpenAI surface: answer forms, variations, masks (issue 11) ----------------------
+    # The answer's form when a request names no response_format: `auto` answers as OpenAI
+    # does for the model name used (gpt-image-*/chatgpt-image-*: b64_json, dall-e-*: url,
+    # other names: both); `both`, `b64_json` or `url` fix it for every request.
+    default_response_format: Literal["auto", "both", "b64_json", "url"] = "auto"
+    # `POST /v1/images/variations`: the model that makes them (the image is reference 0) and
+    # the prompt it gets.
+    variation_model: str = DEFAULT_MODEL_ID
+    variation_prompt: str = (
+        "A variation of the reference image: the same subject, composition, style and colour "
+        "palette, with small natural differences in the details."
+    )
+    # Edits with a mask when the named (or default) model takes none go to this model; empty:
+    # such edits are refused with a 400 naming `mask`.
+    mask_model: str = "@cf/runwayml/stable-diffusion-v1-5-inpainting"
+
     # --- operations ---------------------------------------------------------------------
     log_format: Literal["json", "text"] = "text"
     log_level: str = "INFO"
@@ -270,3 +287,30 @@ class Settings(BaseSettings):
         if self.state_backend != "auto":
             return self.state_backend
         return "redis" if self.redis_url else "sqlite"
+
+
+# --- loading at start-up (the CLI and each `serve --workers` process) ------------------------
+
+EXIT_CONFIG = 2
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment and files; a bad value exits with a clean message.
+
+    Here rather than in the CLI, so the app factory of `serve --workers N` needs no import of
+    the CLI (which imports the app)."""
+    try:
+        return Settings(**overrides)
+    except ConfigError as error:
+        raise SystemExit(config_failure(str(error))) from None
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}"
+            for e in error.errors(include_url=False, include_input=False)
+        )
+        raise SystemExit(config_failure(problems)) from None
+
+
+def config_failure(message: str) -> int:
+    print(f"flux-proxy: configuration error: {message}", file=sys.stderr)
+    return EXIT_CONFIG

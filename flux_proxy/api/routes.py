@@ -25,8 +25,10 @@ from flux_proxy.api.generate import generate_all
 from flux_proxy.api.middleware import note, optional_caller
 from flux_proxy.api.model_lookup import lookup_model
 from flux_proxy.api.parse import build_image_request
+from flux_proxy.api.pool_seam import ImagePool
 from flux_proxy.api.render import FILES_PATH, base_url_for, images_body, json_response
 from flux_proxy.api.stream import image_events, stream_response
+from flux_proxy.api.variations import VARIATIONS_PATH, build_variation_request
 from flux_proxy.clock import Clock, iso, next_utc_midnight
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
@@ -47,7 +49,7 @@ class Services:
     settings: Settings
     clock: Clock
     store: StateStore
-    pool: Any  # AccountPool, or a stand-in with the same methods
+    pool: ImagePool
     images: ImageStore
     metrics: Metrics
     keys: Any = None  # KeyRing: who may call (flux_proxy/keys/ring.py)
@@ -69,7 +71,11 @@ async def edits(request: Request) -> Response:
     return await _images(request, edit=True)
 
 
-async def _images(request: Request, *, edit: bool) -> Response:
+async def variations(request: Request) -> Response:
+    return await _images(request, edit=True, build=build_variation_request)
+
+
+async def _images(request: Request, *, edit: bool, build=build_image_request) -> Response:
     svc = services(request)
     settings = svc.settings
     request_id = request.scope["state"]["request_id"]
@@ -79,7 +85,7 @@ async def _images(request: Request, *, edit: bool) -> Response:
         max_field_bytes=max(1024 * 1024, 4 * settings.max_prompt_chars),
         body_timeout=settings.body_read_timeout,
     )
-    image_request = await build_image_request(raw, settings, edit=edit)
+    image_request = await build(raw, settings, edit=edit)
     note(request.scope, model=image_request.job.model.short_name, n=image_request.n)
     # The key's model list and daily quota, held before any upstream call (403 / 429).
     hold = await svc.quota.reserve(caller_of(request.scope), image_request)
@@ -307,6 +313,7 @@ def routes() -> list[BaseRoute]:
         *batch_routes(),
         Route("/v1/images/generations", generations, methods=["POST"]),
         Route("/v1/images/edits", edits, methods=["POST"]),
+        Route(VARIATIONS_PATH, variations, methods=["POST"]),
         Route(FILES_PATH + "{name}", image_file, methods=["GET", "HEAD"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
