@@ -57,7 +57,7 @@ def test_pasted_prompts_show_an_estimate_run_with_progress_and_download_as_zip_a
     page, make_proxy, emulator
 ):
     proxy = make_proxy(account_concurrency=1, **FAST_RUNNER)  # 3 lines at a time, 2 rounds
-    emulator_config = {"latency": 1.0}
+    emulator_config = {"latency": 1.5}  # two rounds: longer than one 2 s poll of the page
     httpx.post(f"{emulator.root}/__emulator/config", json=emulator_config).raise_for_status()
     open_view(page, proxy.url, proxy.key, "batches")
     expect(page.locator("#batch-submit")).to_be_disabled()
