@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from flux_proxy import batch_cli
 from flux_proxy.catalogue_check import COMMAND as MODELS_COMMAND
 from flux_proxy.mcp.stdio import COMMAND as MCP_COMMAND
 from flux_proxy.settings import EXIT_CONFIG, ConfigError, config_failure, load_settings
@@ -155,6 +156,7 @@ COMMANDS: dict[str, Command] = {
         check,
     ),
     "keys": ("named API keys: `keys new NAME` prints a new one", *_keys_command()),
+    "batch": ("a file of prompts as one batch", batch_cli.add_arguments, batch_cli.run),
     "models": MODELS_COMMAND,
     "mcp": MCP_COMMAND,
 }
