@@ -230,8 +230,11 @@ def open_batches(services: Any) -> BatchParts:
     files = FileStore(store, blobs, clock, settings)
     images = ImageStore(blobs, settings.batch_output_ttl)  # type: ignore[arg-type]
     # The batch lines' own work layer, over the pool limited to the account each line was
-    # given (`LinePool`): the same repeats, kept results and seeded cache as live requests.
-    work = ImageWork(settings, LinePool(services.pool), store, clock, services.metrics)
+    # given (`LinePool`): the same repeats, kept results, seeded cache, key quotas and usage
+    # rows as live requests (a line over its key's quota goes back unrun, like a spent pool).
+    work = ImageWork(
+        settings, LinePool(services.pool), store, clock, services.metrics, quota=services.quota
+    )
     runner = BatchRunner(
         settings=settings,
         clock=clock,
