@@ -97,6 +97,7 @@ def create_app(
             )
             # Files and Batch API (issue 10): its stores, and this replica's batch runner.
             app.state.batches = open_batches(app.state.services)
+            app.state.services.batches = app.state.batches
             app.state.batches.runner.start()
             stack.push_async_callback(app.state.batches.runner.stop)
             app.state.services.jobs = await start_jobs(app.state.services, stack)

@@ -10,6 +10,7 @@ file read.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -87,7 +88,14 @@ async def test_mcp_http_also_speaks_the_initialize_handshake_protocol(make_proxy
         assert client.protocol_version == LATEST_HANDSHAKE_VERSION
         names = {tool.name for tool in (await client.list_tools()).tools}
         result = await client.call_tool("generate_image", {"prompt": "a tree", **SMALL})
-    assert names == {"generate_image", "edit_image", "list_models", "account_status"}
+    assert names == {
+        "generate_image",
+        "edit_image",
+        "list_models",
+        "account_status",
+        "submit_batch",
+        "batch_status",
+    }
     assert not result.is_error, text_of(result)
     assert len(images_of(result)) == 1
 
@@ -237,3 +245,44 @@ async def test_without_keys_only_loopback_host_names_reach_mcp(make_proxy, emula
     async with http_mcp(mcp_url(proxy), None) as client:
         tools = await client.list_tools()
     assert len(tools.tools) == 4
+
+
+async def test_submit_batch_queues_prompts_that_batch_status_reports_with_their_urls(
+    make_proxy, emulator, tmp_path
+):
+    proxy = make_proxy(data_dir=tmp_path / "data", batch_poll_seconds=0.1)
+    async with http_mcp(mcp_url(proxy), proxy.key) as client:
+        bad = await client.call_tool("submit_batch", {"prompts": ["a fox"], "size": "banana"})
+        assert bad.is_error and "size" in text_of(bad)
+        assert emulator.calls() == []
+
+        submitted = await client.call_tool(
+            "submit_batch",
+            {"prompts": ["a fox", "a heron", "an owl"], **SMALL, "completion_window": "72h"},
+        )
+        assert not submitted.is_error, text_of(submitted)
+        batch = submitted.structured_content
+        assert batch["id"].startswith("batch_") and batch["request_counts"]["total"] == 3
+        assert batch["estimated_neurons"] > 0 and batch["estimated_completion_at"]
+
+        status = batch
+        for _ in range(300):
+            result = await client.call_tool("batch_status", {"batch_id": batch["id"]})
+            assert not result.is_error, text_of(result)
+            status = result.structured_content
+            if status["status"] == "completed":
+                break
+            await asyncio.sleep(0.1)
+        assert status["status"] == "completed", status
+        assert [line["custom_id"] for line in status["images"]] == ["0001", "0002", "0003"]
+        async with httpx.AsyncClient() as http:
+            for line in status["images"]:
+                (url,) = line["urls"]
+                image = Image.open(io.BytesIO((await http.get(url)).content))
+                assert image.size == (256, 256)
+        missing = await client.call_tool("batch_status", {"batch_id": "batch_nope"})
+        assert missing.is_error
+    assert len(emulator.calls()) == 3
+    # The batch is the HTTP API's own: the same key sees it there.
+    with openai.OpenAI(base_url=proxy.base_url, api_key=proxy.key, max_retries=0) as sdk:
+        assert sdk.batches.retrieve(batch["id"]).status == "completed"

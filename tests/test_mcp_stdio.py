@@ -39,7 +39,14 @@ async def test_stdio_lists_the_four_tools_with_schemas_at_the_current_protocol(t
     async with stdio_mcp(tmp_path, stdio_env(fresh.base_url, tmp_path)) as client:
         assert client.protocol_version == LATEST_PROTOCOL_VERSION
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == {"generate_image", "edit_image", "list_models", "account_status"}
+    assert set(tools) == {
+        "generate_image",
+        "edit_image",
+        "list_models",
+        "account_status",
+        "submit_batch",
+        "batch_status",
+    }
     generate = tools["generate_image"].input_schema
     assert generate["required"] == ["prompt"]
     assert generate["properties"]["n"]["maximum"] == 4

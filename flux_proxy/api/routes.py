@@ -59,6 +59,7 @@ class Services:
     work: Any = None  # flux_proxy.work.ImageWork: the one path from every entry point to the pool
     keys: Any = None  # KeyRing: who may call (flux_proxy/keys/ring.py)
     quota: Any = None  # KeyQuota: per-key quotas and usage rows (flux_proxy/keys/quota.py)
+    batches: Any = None  # BatchParts (work/batch_service.py): the Files and Batch services
 
 
 def services(request: Request) -> Services:

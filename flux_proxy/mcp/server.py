@@ -1,4 +1,4 @@
-"""The MCP server: the official SDK's `MCPServer` with flux-proxy's four tools.
+"""The MCP server: the official SDK's `MCPServer` with flux-proxy's tools.
 
 One server definition serves both transports; `resolve` says where a call's services and
 caller come from (the HTTP request over `/mcp`, the process itself over stdio).
@@ -21,6 +21,7 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import WithJsonSchema
 
 from flux_proxy import __version__
+from flux_proxy.mcp import batches as mcp_batches
 from flux_proxy.mcp import listings, tools
 from flux_proxy.mcp.context import ToolContext
 from flux_proxy.mcp.inputs import MAX_N
@@ -35,7 +36,8 @@ accounts with failover and daily neuron budgets. generate_image makes images fro
 (optionally guided by reference images); edit_image changes given images as the prompt says.
 Each image comes back as a preview with a URL of the full-size original, which can be passed
 back as a reference. list_models shows what each model takes and costs; account_status shows
-how many neurons are left today."""
+how many neurons are left today. For many images with no hurry, submit_batch queues prompts that
+are made as budgets allow (over days if needed); batch_status reports progress and the URLs."""
 
 _REFERENCE_ITEM = (
     "a data: URL (data:image/png;base64,...), a URL of an image this proxy made "
@@ -162,6 +164,37 @@ def build_mcp_server(settings: Settings, resolve: Resolve, *, local_files: bool)
     async def account_status(ctx: Context) -> dict[str, Any]:
         return await listings.account_report(resolve(ctx))
 
+    Prompts = _loose(
+        {
+            "type": "array",
+            "items": {"anyOf": [{"type": "string"}, {"type": "object"}]},
+            "minItems": 1,
+            "maxItems": mcp_batches.MAX_PROMPTS,
+        },
+        "One prompt per image (text or FLUX.2 JSON prompt objects); line i is named by its "
+        "position, 0001, 0002, ...",
+    )
+    Window = _loose(
+        {"type": "string", "examples": ["24h", "72h", "7d"]},
+        "How long the batch may take (default 24h). A free account makes a few images a day, "
+        "so large batches want 72h or 7d; unfinished lines expire after it.",
+    )
+    BatchId = _loose({"type": "string"}, "The id submit_batch returned (batch_...).")
+
+    async def submit_batch(
+        ctx: Context,
+        prompts: Prompts = None,
+        model: Model = None,
+        size: Size = None,
+        steps: Steps = None,
+        completion_window: Window = None,
+    ) -> dict[str, Any]:
+        options = {"model": model, "size": size, "steps": steps}
+        return await mcp_batches.submit(resolve(ctx), prompts, options, completion_window)
+
+    async def batch_status(ctx: Context, batch_id: BatchId = None) -> dict[str, Any]:
+        return await mcp_batches.status(resolve(ctx), batch_id)
+
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
     return _quiet_server(
         [
@@ -197,6 +230,24 @@ def build_mcp_server(settings: Settings, resolve: Resolve, *, local_files: bool)
                 "reset, disabled), neurons used and left today, and when budgets reset "
                 "(00:00 UTC).",
                 read_only,
+            ),
+            _tool(
+                submit_batch,
+                "Submit a batch of images",
+                "Queue many prompts as one batch (OpenAI's Batch API) that the proxy makes in "
+                "the background as the accounts' daily budgets allow, over days if needed. "
+                "Answers at once with the batch id, the estimated neurons and completion time; "
+                "check on it with batch_status.",
+                image_annotations,
+                required=["prompts"],
+            ),
+            _tool(
+                batch_status,
+                "Batch status",
+                "Where a batch stands (in_progress, completed, expired, ...), its counts and "
+                "estimated completion, and the image URLs of every finished line by name.",
+                read_only,
+                required=["batch_id"],
             ),
         ]
     )
