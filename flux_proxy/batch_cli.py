@@ -144,12 +144,17 @@ class Api:
         return await self._json("GET", f"/v1/batches/{batch_id}")
 
     async def content(self, file_id: str) -> bytes:
-        async with self.session.get(
-            f"{self.root}/v1/files/{file_id}/content", headers=self.headers
-        ) as response:
+        return await self._bytes(f"/v1/files/{file_id}/content")
+
+    async def finished_lines(self, batch_id: str) -> bytes:
+        """The output lines made so far (the proxy's extension; the output file at the end)."""
+        return await self._bytes(f"/v1/batches/{batch_id}/output")
+
+    async def _bytes(self, path: str) -> bytes:
+        async with self.session.get(f"{self.root}{path}", headers=self.headers) as response:
             body = await response.read()
             if response.status != 200:
-                _checked(response.status, body, f"/v1/files/{file_id}/content")
+                _checked(response.status, body, path)
             return body
 
     async def image(self, url: str) -> bytes:
@@ -286,10 +291,12 @@ async def follow(api: Api, batch_id: str, out: Path, poll: float, console: Conso
                 eta=eta_text(batch),
             )
             progress.refresh()  # the "saved" lines below print under the bar as it is now
-            # Output appears as a file (at the end, as at OpenAI; earlier where the proxy
-            # offers it): each poll saves whatever lines are new.
-            if batch.get("output_file_id"):
-                await save_missing(api, await api.content(batch["output_file_id"]), out, console)
+            # Each poll saves whatever lines are new: the proxy publishes finished lines as
+            # they are made, not only in the output file at the end as OpenAI does.
+            if int(counts.get("completed") or 0) > len(saved_stems(out)) or batch.get(
+                "output_file_id"
+            ):
+                await save_missing(api, await api.finished_lines(batch_id), out, console)
             if batch.get("status") in TERMINAL:
                 break
             await asyncio.sleep(poll)

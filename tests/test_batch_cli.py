@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 from procs import API_KEY, clean_env, shared_emulator, start_proxy
@@ -174,3 +175,32 @@ def test_the_estimate_reads_as_the_page_shows_it():
         "≈ 938 neurons: at today's budgets it fits in today"
     )
     assert describe_estimate({"estimated_neurons": 10, "estimated_days": None}) == "≈ 10 neurons"
+
+
+def test_each_image_is_saved_as_its_line_finishes_not_only_at_the_end(tmp_path, proxy, emulator):
+    emulator.config(latency=1.0)  # 6 lines, 3 at a time: the batch runs for a few seconds
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS)
+    out = tmp_path / "early"
+    cli = subprocess.Popen(
+        batch_argv(proxy, prompts, "--out", str(out), "--key", API_KEY),
+        env=clean_env(),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    seen_early = None
+    deadline = time.monotonic() + 60
+    while cli.poll() is None and time.monotonic() < deadline:
+        saved = list(out.glob("*.png")) if out.is_dir() else []
+        if saved:
+            batches = httpx.get(proxy.base_url + "/batches", headers=proxy.auth).json()["data"]
+            if batches and batches[0]["status"] == "in_progress":
+                seen_early = (len(saved), batches[0]["request_counts"]["completed"])
+                break
+        time.sleep(0.05)
+    assert cli.wait(timeout=60) == 0
+    assert seen_early is not None, "no image was saved while the batch was still running"
+    assert 1 <= seen_early[0] < len(LINES)
+    assert sorted(images_in(out)) == [f"{line}.png" for line in LINES]
+    assert len(emulator.calls()) == len(LINES)

@@ -53,6 +53,13 @@ async def list_batches(request: Request) -> Response:
     return json_response(page(batches, has_more))
 
 
+async def finished_lines(request: Request) -> Response:
+    data = await parts(request).service.finished_lines(
+        caller_of(request.scope), request.path_params["batch_id"]
+    )
+    return Response(data, media_type="application/jsonl")
+
+
 async def cancel(request: Request) -> Response:
     batch = await parts(request).service.cancel(
         caller_of(request.scope), request.path_params["batch_id"]
@@ -85,4 +92,5 @@ def batch_routes() -> list[BaseRoute]:
         Route("/v1/batches/estimate", estimate, methods=["POST"]),
         Route("/v1/batches/{batch_id}", retrieve, methods=["GET"]),
         Route("/v1/batches/{batch_id}/cancel", cancel, methods=["POST"]),
+        Route("/v1/batches/{batch_id}/output", finished_lines, methods=["GET"]),
     ]

@@ -246,5 +246,18 @@ for path, method, spec in (
             "batch_id",
         ),
     ),
+    (
+        "/v1/batches/{batch_id}/output",
+        "get",
+        _with_id(
+            openapi.operation(
+                "batchFinishedLines",
+                "The output lines made so far, JSONL (an extension; the output file at the end)",
+                ok={"description": "JSONL output lines", "content": {"application/jsonl": {}}},
+                errors_=("401", "404", "503"),
+            ),
+            "batch_id",
+        ),
+    ),
 ):
     openapi.add_operation(path, method, spec)

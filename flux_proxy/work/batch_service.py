@@ -134,6 +134,23 @@ class BatchService:
     async def get(self, caller: Caller, batch_id: str) -> dict:
         return await self._render(await self._owned(caller, batch_id))
 
+    async def finished_lines(self, caller: Caller, batch_id: str) -> bytes:
+        """The output lines made so far, as JSONL in input order: the output file once the
+        batch has one, else the completed lines' results (an extension: OpenAI publishes
+        output only at the end, and a batch over free budgets can take days)."""
+        doc = await self._owned(caller, batch_id)
+        if doc.get("output_file_id"):
+            data, _ = await self.files.content(doc["output_file_id"], caller)
+            return data
+        results = await self.store.line_results(batch_id)
+        lines = [result.encode() for _, outcome, result in results if outcome == "completed"]
+        if not lines:
+            # The batch may have been finalised (lines dropped) since it was read.
+            doc = await self._owned(caller, batch_id)
+            if doc.get("output_file_id"):
+                return (await self.files.content(doc["output_file_id"], caller))[0]
+        return b"".join(line + b"\n" for line in lines)
+
     async def list(self, caller: Caller, *, limit: int, after: str | None) -> tuple[list, bool]:
         docs = [d for d in await self.store.list_docs(BATCH_KIND) if caller.owns(d["owner"])]
         docs.sort(key=lambda d: (d.get("sort_key") or [d["created_at"]], d["id"]), reverse=True)
