@@ -243,14 +243,6 @@ class Settings(BaseSettings):
     # `/metrics` for anyone who can reach it (`none`: scrapers usually run inside the network)
     # or only with an admin key (`admin`).
     metrics_auth: Literal["none", "admin"] = "none"
-    # --- work: kept results, retries and the seeded cache (issue 9) -----------------------
-    # A finished result whose caller left (or that an Idempotency-Key names) is kept this long
-    # for a retry to collect.
-    result_ttl_seconds: float = Field(default=900.0, gt=0)
-    # Seeded images (deterministic) are cached this long; 0 turns the cache off.
-    cache_ttl_seconds: float = Field(default=7 * 86400.0, ge=0)
-    cache_max_bytes: int = Field(default=512 * 1024 * 1024, ge=0)  # LRU eviction beyond it
-
     # --- MCP server (`flux-proxy mcp` over stdio, `/mcp` over streamable HTTP) ------------
     # An image too large for a tool answer goes as a preview in this format (the full-size
     # original is kept in the image store and linked). PNG previews are only scaled down.

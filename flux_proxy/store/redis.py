@@ -237,30 +237,6 @@ return {redis.call('HLEN', KEYS[2]), tonumber(redis.call('GET', KEYS[4]) or '0')
 )
 
 
-# Jobs: replace the hash only if it is there, unexpired, and in one of the expected statuses.
-# ARGV: now, expires_at, ttl seconds, status, head, request, result ('' = none), expected...
-_SWAP_JOB = """
-local current = redis.call('HMGET', KEYS[1], 'status', 'expires_at')
-if not current[1] or tonumber(current[2]) <= tonumber(ARGV[1]) then
-  return 0
-end
-local expected = false
-for i = 8, #ARGV do
-  if ARGV[i] == current[1] then expected = true end
-end
-if not expected then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[4], 'head', ARGV[5], 'request', ARGV[6],
-           'expires_at', ARGV[2])
-if ARGV[7] == '' then
-  redis.call('HDEL', KEYS[1], 'result')
-else
-  redis.call('HSET', KEYS[1], 'result', ARGV[7])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-
-
 # --- key quotas and usage: the same check-and-hold as the neuron ledger, for named keys ------
 _RESERVE_KEY = """
 local now = tonumber(ARGV[6])
