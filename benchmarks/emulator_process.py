@@ -22,6 +22,7 @@ NOISE_SHARE = 0.1  # how much noise goes into the picture: 0.1 gives ~2.2 bytes 
 
 
 def render_photo(key: render.RenderKey, source: render.SourceImage | None = None) -> bytes:
+    # `source` (img2img/inpainting input) is ignored: the benchmarks make FLUX.2 images only.
     size = (key.width, key.height)
     noise_source = random.Random(f"{key.prompt}|{key.seed}|{key.width}x{key.height}")
     base = Image.linear_gradient("L").resize(size).convert("RGB")

@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from flux_proxy.api.image_jobs import start_jobs
 from flux_proxy.api.middleware import ApiKeyMiddleware, RequestContextMiddleware
 from flux_proxy.api.openapi import openapi_route
 from flux_proxy.api.render import error_response
@@ -25,14 +26,18 @@ from flux_proxy.api.routes import Services, routes
 from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
+from flux_proxy.keys.quota import KeyQuota
+from flux_proxy.keys.ring import KeyRing
 from flux_proxy.logs import configure_logging, log_event
+from flux_proxy.mcp.http import McpHttp
 from flux_proxy.metrics import Metrics
 from flux_proxy.pool import AccountPool
-from flux_proxy.settings import Settings
-from flux_proxy.store.base import StateStore
+from flux_proxy.settings import Settings, load_settings
+from flux_proxy.store.base import StateStore, StoreUnavailable
 from flux_proxy.store.factory import open_store
 from flux_proxy.upstream.client import WorkersAIClient
 from flux_proxy.work import ImageWork
+from flux_proxy.work.batch_service import open_batches
 
 
 def create_app(
@@ -43,11 +48,16 @@ def create_app(
     client: Any = None,
     pool: Any = None,
     embedded_emulator: bool = False,
+    mcp_http: bool = True,
 ) -> Starlette:
     """Build the proxy. `embedded_emulator=True` (`serve --emulator`) starts the Workers AI
-    emulator in the same event loop on a free port and points the proxy at it."""
+    emulator in the same event loop on a free port and points the proxy at it.
+    `mcp_http=False` leaves out `/mcp` (`flux-proxy mcp` serves MCP over stdio instead)."""
     clock = clock or Clock()
     metrics = Metrics()
+    mcp = McpHttp(settings) if mcp_http else None
+
+    keyring = KeyRing.from_settings(settings)  # a bad API_KEYS_FILE stops start-up here
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -70,7 +80,8 @@ def create_app(
                 await upstream.start()
                 stack.push_async_callback(upstream.close)
             account_pool = pool or AccountPool(effective, upstream, state, clock, metrics)
-            work = ImageWork(effective, account_pool, state, clock, metrics)
+            quota = KeyQuota(state, clock, effective, metrics, keys=keyring)
+            work = ImageWork(effective, account_pool, state, clock, metrics, quota=quota)
             # Work still running after the requests' grace period is given up at shutdown.
             stack.push_async_callback(work.close)
             app.state.services = Services(
@@ -81,7 +92,16 @@ def create_app(
                 images=ImageStore(state, effective.image_ttl_seconds),
                 metrics=metrics,
                 work=work,
+                keys=keyring,
+                quota=quota,
             )
+            # Files and Batch API (issue 10): its stores, and this replica's batch runner.
+            app.state.batches = open_batches(app.state.services)
+            app.state.services.batches = app.state.batches
+            app.state.batches.runner.start()
+            stack.push_async_callback(app.state.batches.runner.stop)
+            app.state.services.jobs = await start_jobs(app.state.services, stack)
+            await stack.enter_async_context(keyring.watching())
             log_event(
                 "started",
                 mode="emulator" if effective.emulator else "cloudflare",
@@ -89,6 +109,8 @@ def create_app(
                 store=state.name,
                 auth="off" if effective.no_auth else "on",
             )
+            if mcp is not None:
+                await stack.enter_async_context(mcp.running())
             yield
             log_event("stopping")
 
@@ -98,35 +120,43 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                 allow_headers=[
                     "authorization",
                     "content-type",
                     "x-request-id",
                     "idempotency-key",
                     "cache-control",
+                    "prefer",
                 ],
-                expose_headers=["x-request-id", "retry-after", "x-flux-cache", "x-flux-replayed"],
+                expose_headers=[
+                    "x-request-id",
+                    "retry-after",
+                    "x-flux-cache",
+                    "x-flux-replayed",
+                    "location",
+                    "preference-applied",
+                ],
                 max_age=600,
             )
         )
-    middleware.append(
-        Middleware(ApiKeyMiddleware, keys=settings.master_keys, enabled=not settings.no_auth)
-    )
+    middleware.append(Middleware(ApiKeyMiddleware, keyring=keyring, enabled=not settings.no_auth))
     return Starlette(
-        routes=[*routes(), openapi_route()],
+        routes=[*routes(), openapi_route(), *(mcp.routes if mcp else ())],
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            StoreUnavailable: _store_unavailable,
+        },
     )
 
 
 def app_from_environment() -> Starlette:
     """The proxy built from the environment alone: the factory each `serve --workers N`
     process calls (`flux_proxy.app:app_from_environment`, uvicorn `--factory`)."""
-    from flux_proxy.cli import load_settings  # the CLI's clean exit on a bad setting
-
-    settings = load_settings()
+    settings = load_settings()  # a bad setting exits with the CLI's clean message
     configure_logging(settings.log_format, settings.log_level)
     return create_app(settings)
 
@@ -161,5 +191,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         messages.get(exc.status_code, str(exc.detail)),
         code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code),
         headers=exc.headers,
+    )
+    return error_response(error)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    # Batches and files live only in the shared state; while it is away, say so (retryable).
+    error = ApiError(
+        503,
+        "the shared state store is unreachable; try again shortly",
+        code="state_store_unavailable",
+        headers={"retry-after": "5"},
     )
     return error_response(error)

@@ -11,12 +11,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from pydantic import ValidationError
-
+from flux_proxy import batch_cli
 from flux_proxy.catalogue_check import COMMAND as MODELS_COMMAND
-from flux_proxy.settings import ConfigError, Settings
-
-EXIT_CONFIG = 2
+from flux_proxy.mcp.stdio import COMMAND as MCP_COMMAND
+from flux_proxy.settings import EXIT_CONFIG, ConfigError, config_failure, load_settings
 
 _NO_KEY = """\
 flux-proxy: API_MASTER_KEY is not set, so anyone who can reach the port could spend your
@@ -39,25 +37,6 @@ flux-proxy: --emulator runs the Workers AI emulator inside the proxy's own proce
 cannot be combined with --workers above 1. Run the emulator on its own
 (`flux-proxy emulator --port 8787`, CF_API_BASE_URL=http://127.0.0.1:8787/client/v4) and
 start the workers against it, or leave --workers at 1."""
-
-
-def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment and files; a bad value exits with a clean message."""
-    try:
-        return Settings(**overrides)
-    except ConfigError as error:
-        raise SystemExit(_config_failure(str(error))) from None
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}"
-            for e in error.errors(include_url=False, include_input=False)
-        )
-        raise SystemExit(_config_failure(problems)) from None
-
-
-def _config_failure(message: str) -> int:
-    print(f"flux-proxy: configuration error: {message}", file=sys.stderr)
-    return EXIT_CONFIG
 
 
 # --- serve -----------------------------------------------------------------------------------
@@ -97,7 +76,7 @@ def serve(args: argparse.Namespace) -> int:
     from flux_proxy.logs import configure_logging
 
     settings = load_settings(no_auth=True) if args.no_auth else load_settings()
-    if not settings.master_keys and not args.no_auth:
+    if not settings.master_keys and not settings.api_keys_file and not args.no_auth:
         print(_NO_KEY, file=sys.stderr)
         return EXIT_CONFIG
     if args.no_auth:
@@ -155,6 +134,15 @@ def check(args: argparse.Namespace) -> int:
     return run_check(load_settings())
 
 
+# --- keys ------------------------------------------------------------------------------------
+
+
+def _keys_command():
+    from flux_proxy.keys import new_key
+
+    return new_key.add_arguments, new_key.run
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -167,7 +155,10 @@ COMMANDS: dict[str, Command] = {
         lambda parser: None,
         check,
     ),
+    "keys": ("named API keys: `keys new NAME` prints a new one", *_keys_command()),
+    "batch": ("a file of prompts as one batch", batch_cli.add_arguments, batch_cli.run),
     "models": MODELS_COMMAND,
+    "mcp": MCP_COMMAND,
 }
 
 
@@ -187,6 +178,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][2](args)
     except ConfigError as error:  # e.g. STATE_BACKEND=redis without REDIS_URL, at start-up
-        return _config_failure(str(error))
+        return config_failure(str(error))
     except KeyboardInterrupt:
         return 130

@@ -76,6 +76,34 @@ class Metrics:
             ["model", "response_format"],
             registry=r,
         )
+        # --- async jobs ---
+        self.jobs = Counter(
+            "flux_proxy_jobs",
+            "Async jobs by what happened: submitted, completed, failed, cancelled, and resumed "
+            "(taken up again after the worker running it died; also counted in duplicate_spend)",
+            ["event"],
+            registry=r,
+        )
+
+        # --- teams: per-key figures, labelled by the key's name (never the key) ---
+        self.key_images = Counter(
+            "flux_proxy_key_images",
+            "Images made for each named key, by model",
+            ["key_name", "model"],
+            registry=r,
+        )
+        self.key_neurons = Counter(
+            "flux_proxy_key_neurons",
+            "Neurons spent for each named key",
+            ["key_name"],
+            registry=r,
+        )
+        self.key_refusals = Counter(
+            "flux_proxy_key_refusals",
+            "Requests a key's quota or model list refused, before any upstream call",
+            ["key_name", "reason"],
+            registry=r,
+        )
 
         # --- work: hang-up-safe work, kept results, the seeded cache (issue 9) ---
         self.finished_after_hangup = Counter(
@@ -104,6 +132,14 @@ class Metrics:
             "flux_proxy_cache_neurons_saved",
             "Neurons not spent because a seeded image came from the cache",
             ["model"],
+            registry=r,
+        )
+        # --- batches (issue 10) ---
+        self.batch_lines = Counter(
+            "flux_proxy_batch_lines",
+            "Batch lines recorded by this replica, by outcome (completed, failed, expired, "
+            "cancelled), and lines given back unrun (released: no account could take them)",
+            ["outcome"],
             registry=r,
         )
 

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import hashlib
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -100,11 +101,23 @@ class AccountPool:
     # --- the request path ----------------------------------------------------------------
 
     async def generate(
-        self, job: ImageJob, *, request_id: str, progress: CallProgress | None = None
+        self,
+        job: ImageJob,
+        *,
+        request_id: str,
+        progress: CallProgress | None = None,
+        accounts: Collection[int] | None = None,
+        keep_back: float = 0.0,
     ) -> GeneratedImage:
-        """An image from the first account that can make it; ApiError when none can."""
+        """An image from the first account that can make it; ApiError when none can.
+
+        Batch lines pass `accounts` (only these account numbers may be used) and `keep_back`
+        (neurons of each daily budget they must leave for live requests).
+        """
         run = RequestTally(deadline=self.clock.now() + self.settings.request_deadline)
         order = await self._order()
+        if accounts is not None:
+            order = [account for account in order if account.number in accounts]
         slot_wait_until: float | None = None
         while True:
             busy: list[AccountConfig] = []
@@ -122,7 +135,7 @@ class AccountPool:
                 if not self.slots.try_take(account.number):
                     busy.append(account)
                     continue
-                image = await self._try(account, job, run, request_id, progress)
+                image = await self._try(account, job, run, request_id, progress, keep_back)
                 if image is not None:
                     return image
                 if run.deadline_hit:
@@ -203,6 +216,7 @@ class AccountPool:
         run: RequestTally,
         request_id: str,
         progress: CallProgress | None = None,
+        keep_back: float = 0.0,
     ) -> GeneratedImage | None:
         """One attempt on an account whose slot the caller took. Gives the slot back."""
         number, key = account.number, self._keys_of(account)[0]
@@ -210,12 +224,13 @@ class AccountPool:
         try:
             now = self.clock.now()
             estimate = job.estimated_neurons()
+            budget = self.settings.budget_for(account)
             reservation = await self.store.try_reserve(
                 key,
                 utc_day(now),
                 # A price-less model still needs a budget left to be worth a call.
                 max(estimate, 1.0),
-                self.settings.budget_for(account),
+                None if budget is None else max(0.0, budget - keep_back),
                 ttl=self.settings.upstream_read_timeout + 60,
             )
             run.tried.add(number)

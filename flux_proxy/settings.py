@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -172,6 +173,22 @@ class Settings(BaseSettings):
     # trickle cannot hold a connection and its buffers for ever.
     body_read_timeout: float = Field(default=60.0, gt=0)
 
+    # --- OpenAI surface: answer forms, variations, masks (issue 11) ----------------------
+    # The answer's form when a request names no response_format: `auto` answers as OpenAI
+    # does for the model name used (gpt-image-*/chatgpt-image-*: b64_json, dall-e-*: url,
+    # other names: both); `both`, `b64_json` or `url` fix it for every request.
+    default_response_format: Literal["auto", "both", "b64_json", "url"] = "auto"
+    # `POST /v1/images/variations`: the model that makes them (the image is reference 0) and
+    # the prompt it gets.
+    variation_model: str = DEFAULT_MODEL_ID
+    variation_prompt: str = (
+        "A variation of the reference image: the same subject, composition, style and colour "
+        "palette, with small natural differences in the details."
+    )
+    # Edits with a mask when the named (or default) model takes none go to this model; empty:
+    # such edits are refused with a 400 naming `mask`.
+    mask_model: str = "@cf/runwayml/stable-diffusion-v1-5-inpainting"
+
     # --- operations ---------------------------------------------------------------------
     log_format: Literal["json", "text"] = "text"
     log_level: str = "INFO"
@@ -180,6 +197,36 @@ class Settings(BaseSettings):
     # On SIGTERM: stop accepting, let in-flight requests finish for up to this long, then stop.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
+    # --- Files and Batch API (issue 10) ----------------------------------------------------
+    # OpenAI's own limits (200 MB a file, 50,000 lines a batch) are the ceilings.
+    files_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1, le=200 * 1024 * 1024)
+    files_ttl_seconds: int = Field(default=30 * 86400, ge=60)  # uploaded files
+    batch_max_lines: int = Field(default=50_000, ge=1, le=50_000)
+    # Output and error files, and the images their URLs point at.
+    batch_output_ttl: int = Field(default=30 * 86400, ge=60)
+    # Live requests keep priority: batch lines use at most this share of each account's
+    # ACCOUNT_CONCURRENCY slots (at least one), ...
+    batch_slot_share: float = Field(default=0.5, gt=0, le=1)
+    # ... and leave this many neurons of each account's daily budget for live requests.
+    # None: the price of one image of DEFAULT_MODEL at its default size and steps.
+    batch_budget_reserve: float | None = Field(default=None, ge=0)
+    # A line's runner holds it this long; after that another runner (replica) takes it over.
+    # Must outlast REQUEST_DEADLINE, or a slow line could run twice.
+    batch_line_lease_seconds: float = Field(default=600.0, gt=0)
+    # How often an idle runner looks at the store for new batches, cancels and returns of
+    # accounts. It never calls Cloudflare to find out.
+    batch_poll_seconds: float = Field(default=2.0, gt=0)
+    batch_runner: bool = True  # False: this replica serves the API but runs no batch lines
+    # --- async jobs (Prefer: respond-async) ----------------------------------------------
+    job_workers: int = Field(default=4, ge=1)  # jobs one process runs at once
+    # A worker renews its hold on a job every third of this; a job whose process died is
+    # taken up again by another (or the restarted one) this long after its last renewal.
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    # How long a finished job (and its images, when b64_json) can still be collected. Its own
+    # setting, not RESULT_TTL_SECONDS: whoever polls a job may come back much later than an
+    # SDK retry does.
+    job_result_ttl_seconds: float = Field(default=900.0, gt=0)
+
     # --- work: kept results, retries and the seeded cache (issue 9) -----------------------
     # A finished result whose caller left (or that an Idempotency-Key names) is kept this long
     # for a retry to collect.
@@ -187,6 +234,32 @@ class Settings(BaseSettings):
     # Seeded images (deterministic) are cached this long; 0 turns the cache off.
     cache_ttl_seconds: float = Field(default=7 * 86400.0, ge=0)
     cache_max_bytes: int = Field(default=512 * 1024 * 1024, ge=0)  # LRU eviction beyond it
+
+    # --- teams: named keys, per-key quotas, usage (issue 13) -----------------------------
+    # A TOML file of named keys with roles, quotas and allowed models (see `flux_proxy/keys/`).
+    api_keys_file: Path | None = None
+    keys_reload_seconds: float = Field(default=2.0, gt=0)  # how often its mtime is checked
+    usage_history_days: int = Field(default=90, ge=1)  # days of per-key usage rows kept
+    # `/metrics` for anyone who can reach it (`none`: scrapers usually run inside the network)
+    # or only with an admin key (`admin`).
+    metrics_auth: Literal["none", "admin"] = "none"
+    # --- work: kept results, retries and the seeded cache (issue 9) -----------------------
+    # A finished result whose caller left (or that an Idempotency-Key names) is kept this long
+    # for a retry to collect.
+    result_ttl_seconds: float = Field(default=900.0, gt=0)
+    # Seeded images (deterministic) are cached this long; 0 turns the cache off.
+    cache_ttl_seconds: float = Field(default=7 * 86400.0, ge=0)
+    cache_max_bytes: int = Field(default=512 * 1024 * 1024, ge=0)  # LRU eviction beyond it
+
+    # --- MCP server (`flux-proxy mcp` over stdio, `/mcp` over streamable HTTP) ------------
+    # An image too large for a tool answer goes as a preview in this format (the full-size
+    # original is kept in the image store and linked). PNG previews are only scaled down.
+    mcp_image_format: Literal["jpeg", "webp", "png"] = "jpeg"
+    # Base64 bytes of all the previews in one answer together: MCP hosts handle answers under
+    # about 1 MB well, and the SDK's HTTP client refuses SSE events over 1 MiB by default.
+    mcp_image_max_bytes: int = Field(default=700_000, ge=20_000)
+    # Seconds between progress notifications while a tool call's images are being made.
+    mcp_progress_interval: float = Field(default=2.0, gt=0)
 
     @classmethod
     def settings_customise_sources(
@@ -248,3 +321,30 @@ class Settings(BaseSettings):
         if self.state_backend != "auto":
             return self.state_backend
         return "redis" if self.redis_url else "sqlite"
+
+
+# --- loading at start-up (the CLI and each `serve --workers` process) ------------------------
+
+EXIT_CONFIG = 2
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment and files; a bad value exits with a clean message.
+
+    Here rather than in the CLI, so the app factory of `serve --workers N` needs no import of
+    the CLI (which imports the app)."""
+    try:
+        return Settings(**overrides)
+    except ConfigError as error:
+        raise SystemExit(config_failure(str(error))) from None
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}"
+            for e in error.errors(include_url=False, include_input=False)
+        )
+        raise SystemExit(config_failure(problems)) from None
+
+
+def config_failure(message: str) -> int:
+    print(f"flux-proxy: configuration error: {message}", file=sys.stderr)
+    return EXIT_CONFIG

@@ -204,7 +204,7 @@ def start_proxy(app, settings: Settings, clock, store, key: str) -> ProxyHandle:
 
 
 @pytest.fixture
-def make_proxy(emulator: EmulatorHandle) -> Iterator[Callable[..., ProxyHandle]]:
+def make_proxy(emulator: EmulatorHandle, tmp_path) -> Iterator[Callable[..., ProxyHandle]]:
     """`make_proxy(**settings_overrides)`: a running proxy on the emulator's three accounts.
 
     Extra keyword arguments `clock=`, `store=`, `pool=`, `client=` go to `create_app`.
@@ -226,6 +226,8 @@ def make_proxy(emulator: EmulatorHandle) -> Iterator[Callable[..., ProxyHandle]]
             "state_backend": "memory",
             "upstream_read_timeout": 10.0,
             "request_deadline": 30.0,
+            # Files the proxy keeps on disk (batch files and images) stay out of the checkout.
+            "data_dir": tmp_path / "proxy-data",
         }
         values.update(overrides)
         settings = Settings(**values)

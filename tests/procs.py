@@ -54,6 +54,10 @@ _INHERITED_PREFIXES = (
     "SLOT_",
     "PUBLIC_BASE_URL",
     "NO_AUTH",
+    "API_KEYS_FILE",
+    "KEYS_RELOAD",
+    "USAGE_HISTORY",
+    "METRICS_AUTH",
 )
 
 
@@ -244,7 +248,7 @@ class Proxy:
         return {"Authorization": f"Bearer {API_KEY}"}
 
     def health(self) -> dict:
-        return httpx.get(self.url + "/health", timeout=10).json()
+        return httpx.get(self.url + "/health", headers=self.auth, timeout=10).json()
 
     def account(self, number: int) -> dict:
         return next(a for a in self.health()["accounts"] if a["number"] == number)

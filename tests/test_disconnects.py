@@ -58,7 +58,7 @@ def _send_and_abandon(proxy, body: dict, *, wait_for_calls: int, emulator) -> No
 
 
 def _in_flight(proxy) -> int:
-    health = httpx.get(proxy.url + "/health", timeout=5).json()
+    health = httpx.get(proxy.url + "/health", headers=proxy.auth, timeout=5).json()
     return sum(account["in_flight"] for account in health["accounts"])
 
 

@@ -176,5 +176,5 @@ def _post_image(proxy) -> httpx.Response:
 
 
 def _health_account(proxy, number: int) -> dict:
-    body = httpx.get(proxy.url + "/health", timeout=10).json()
+    body = httpx.get(proxy.url + "/health", headers=proxy.auth, timeout=10).json()
     return next(a for a in body["accounts"] if a["number"] == number)

@@ -39,7 +39,7 @@ def test_spent_account_fails_over_and_is_not_called_again(proxy, emulator):
     assert second.status_code == 200
     assert second.json()["account_used"] == 2
     assert len(emulator.calls(first)) == 1  # parked: the next request made zero calls to it
-    health = httpx.get(proxy.url + "/health").json()
+    health = httpx.get(proxy.url + "/health", headers=proxy.auth).json()
     assert health["accounts"][0]["state"] == "parked"
     assert health["status"] == "ok"
 

@@ -237,7 +237,7 @@ async def test_caller_hanging_up_mid_stream_lets_the_sent_call_finish_and_settle
         # and its neurons are settled on the ledger (never released).
         deadline = time.monotonic() + 15
         while True:
-            health = (await client.get(proxy.url + "/health")).json()
+            health = (await client.get(proxy.url + "/health", headers=proxy.auth)).json()
             if all(account["in_flight"] == 0 for account in health["accounts"]):
                 break
             assert time.monotonic() < deadline, health["accounts"]

@@ -148,7 +148,7 @@ async def test_two_thousand_requests_through_an_exhaustion_and_capacity_errors(
     assert successes[2] > 100 and successes[3] > 100, successes
 
     # Afterwards: nothing in flight, account 1 parked, and the spend agrees with Workers AI.
-    health = HTTP.get(proxy.url + "/health").json()
+    health = HTTP.get(proxy.url + "/health", headers=proxy.auth).json()
     usage = HTTP.get(emulator.root + "/__emulator/usage").json()["accounts"]
     for entry in health["accounts"]:
         number = entry["number"]

@@ -9,6 +9,7 @@ time.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import json
 import select
@@ -164,9 +165,11 @@ async def test_every_key_is_compared_in_constant_time_with_no_early_exit(monkeyp
     status = await _ask(middleware, f"Bearer {presented}")
 
     assert status == (200 if presented in KEYS else 401)
-    # One constant-time comparison against every configured key, whether or not one matched.
-    assert sorted(key for _, key in compared) == sorted(k.encode() for k in KEYS)
-    assert all(candidate == presented.encode() for candidate, _ in compared)
+    # One constant-time comparison of SHA-256 digests against every configured key, whether
+    # or not one matched (digests: equal lengths, so not even the key's length shows).
+    digest = hashlib.sha256
+    assert sorted(key for _, key in compared) == sorted(digest(k.encode()).digest() for k in KEYS)
+    assert all(candidate == digest(presented.encode()).digest() for candidate, _ in compared)
 
 
 # --- limits ------------------------------------------------------------------
@@ -572,6 +575,46 @@ def _full_run(proxy, emulator) -> list[str]:
     return seen
 
 
+USER_KEY = "fpx-user-SECRET-" + "u" * 24
+PLAIN_KEY = "fpx-plain-SECRET-" + "p" * 23
+_KEYS_TOML = f"""
+[[keys]]
+name = "someone"
+key_sha256 = "{hashlib.sha256(USER_KEY.encode()).hexdigest()}"
+role = "user"
+daily_images = 1
+models = ["{SMALL["model"]}"]
+
+[[keys]]
+name = "written-in-clear"
+key = "{PLAIN_KEY}"
+role = "admin"
+"""
+
+
+def _user_key_run(proxy) -> list[str]:
+    """A named user key's view: served, over quota, a model it may not use, its usage."""
+    seen: list[str] = []
+    client = httpx.Client(base_url=proxy.url, timeout=30)
+    user = {"Authorization": f"Bearer {USER_KEY}"}
+    calls = [
+        ("POST", "/v1/images/generations", {"prompt": "mine", **SMALL}),
+        ("POST", "/v1/images/generations", {"prompt": "one too many", **SMALL}),
+        ("POST", "/v1/images/generations", {"prompt": "x", "model": "flux-2-dev"}),
+        ("GET", "/v1/usage", None),
+        ("GET", "/v1/usage/quota", None),
+        ("GET", "/health", None),
+    ]
+    for method, path, body in calls:
+        response = client.request(method, path, headers=user, json=body)
+        seen.append(str(response.status_code) + repr(list(response.headers.items())))
+        seen.append(response.text)
+    plain = client.get("/health", headers={"Authorization": f"Bearer {PLAIN_KEY}"})
+    seen.append(plain.text)
+    client.close()
+    return seen
+
+
 @pytest.mark.parametrize("log_format", ["json", "text"])
 def test_no_token_key_or_account_id_in_any_response_log_line_or_check_output(tmp_path, log_format):
     emulator = shared_emulator()
@@ -583,18 +626,24 @@ def test_no_token_key_or_account_id_in_any_response_log_line_or_check_output(tmp
         "ACCOUNT_4": BAD_ID,
         "CF_API_TOKEN_4": BAD_TOKEN,
     }
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(_KEYS_TOML)
+    env["API_KEYS_FILE"] = keys_file
     proxy = start_proxy(tmp_path / "proxy", emulator, **env)
     try:
-        seen = _full_run(proxy, emulator)
+        seen = _user_key_run(proxy)  # first, while every account can still serve
+        seen += _full_run(proxy, emulator)
     finally:
         proxy.proc.stop()  # SIGTERM: the shutdown lines are searched too
     seen.append(proxy.proc.output())
     check = run_check(tmp_path / "check", proxy.env)
     seen += [check.stdout, check.stderr]
 
-    secrets = [API_KEY, BAD_TOKEN, BAD_ID]
+    secrets = [API_KEY, BAD_TOKEN, BAD_ID, USER_KEY, PLAIN_KEY]
+    secrets += [hashlib.sha256(USER_KEY.encode()).hexdigest()]
     secrets += [token for _, _, token in ACCOUNTS] + [account for _, account, _ in ACCOUNTS]
     everything = "\n".join(seen)
+    assert "key_quota_exceeded" in everything and "model_not_allowed" in everything
     assert "upstream_attempt" in everything  # the logs really were captured
     assert any(call["account"] == BAD_ID for call in emulator.calls())  # and 4 was tried
     for secret in secrets:

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from flux_proxy.clock import FrozenClock
-from flux_proxy.store.base import Block
+from flux_proxy.store.base import Block, KeyUsage, UsageRow
 from flux_proxy.store.memory import MemoryStore
 from flux_proxy.store.redis import RedisStore
 from flux_proxy.store.resilient import ResilientStore
@@ -233,6 +233,109 @@ async def test_concurrent_reservations_never_overspend(store):
     assert len(granted) == 100 // 7
     assert len({r.id for r in granted}) == len(granted)
     assert (await store.usage(["1:aaaa"], DAY))["1:aaaa"].reserved == 7.0 * (100 // 7)
+
+
+# --- key quotas and usage --------------------------------------------------------------------
+
+KEEP = 90
+
+
+def _row(key="alice", account="1", model="flux-2-dev", day=DAY, **counts) -> UsageRow:
+    return UsageRow(day, key, account, model, **counts)
+
+
+async def test_key_reservation_holds_images_and_neurons_until_settled(store):
+    hold = await store.try_reserve_key("alice", DAY, 2, 40.0, 5, None, ttl=300)
+
+    assert hold is not None and (hold.key, hold.day, hold.images) == ("alice", DAY, 2)
+    assert await store.key_usage("alice", DAY) == KeyUsage(0, 0.0, 2, 40.0)
+    await store.settle_key(hold, [_row(images=2, neurons=31.5, requests=1)], KEEP)
+    assert await store.key_usage("alice", DAY) == KeyUsage(2, 31.5, 0, 0.0)
+
+
+async def test_key_reservation_past_either_limit_is_refused_and_changes_nothing(store):
+    await store.record_usage([_row(images=3, neurons=90.0, requests=3)], KEEP)
+
+    assert await store.try_reserve_key("alice", DAY, 3, 1.0, 5, None, ttl=300) is None
+    assert await store.try_reserve_key("alice", DAY, 1, 11.0, None, 100.0, ttl=300) is None
+    assert await store.key_usage("alice", DAY) == KeyUsage(3, 90.0, 0, 0.0)
+    # Exactly reaching a limit is allowed; other keys and other days are not affected.
+    assert await store.try_reserve_key("alice", DAY, 2, 10.0, 5, 100.0, ttl=300) is not None
+    assert await store.try_reserve_key("bob", DAY, 5, 100.0, 5, 100.0, ttl=300) is not None
+    assert await store.try_reserve_key("alice", NEXT_DAY, 5, 0.0, 5, None, ttl=300) is not None
+
+
+async def test_released_key_reservation_frees_the_quota(store):
+    hold = await store.try_reserve_key("alice", DAY, 2, 0.0, 2, None, ttl=300)
+    assert await store.try_reserve_key("alice", DAY, 1, 0.0, 2, None, ttl=300) is None
+
+    await store.release_key(hold)
+
+    assert await store.key_usage("alice", DAY) == KeyUsage()
+    assert await store.try_reserve_key("alice", DAY, 2, 0.0, 2, None, ttl=300) is not None
+
+
+async def test_lapsed_key_reservation_stops_counting(store, clock):
+    await store.try_reserve_key("alice", DAY, 2, 0.0, 2, None, ttl=60)
+    clock.advance(61)
+
+    assert (await store.key_usage("alice", DAY)).reserved_images == 0
+    assert await store.try_reserve_key("alice", DAY, 2, 0.0, 2, None, ttl=60) is not None
+
+
+async def test_concurrent_key_reservations_never_pass_the_limit(store):
+    results = await asyncio.gather(
+        *(store.try_reserve_key("alice", DAY, 1, 3.0, 7, None, ttl=300) for _ in range(40))
+    )
+
+    granted = [r for r in results if r is not None]
+    assert len(granted) == 7 and len({r.id for r in granted}) == 7
+
+
+async def test_usage_rows_add_up_per_day_key_account_and_model(store):
+    hold = await store.try_reserve_key("alice", DAY, 2, 20.0, None, None, ttl=300)
+    await store.settle_key(
+        hold,
+        [_row(images=1, neurons=9.5, requests=1), _row(account="2", images=1, neurons=10.0)],
+        KEEP,
+    )
+    await store.record_usage(
+        [
+            _row(images=1, neurons=9.5, requests=1),
+            _row(account="", requests=1, cache_hits=1, neurons_saved=9.5),
+            _row(key="bob", model="flux-1-schnell", images=1, neurons=2.25, requests=1),
+            _row(day=NEXT_DAY, images=1, neurons=1.0, requests=1),
+        ],
+        KEEP,
+    )
+
+    rows = {(r.day, r.key, r.account, r.model): r for r in await store.usage_rows(DAY, DAY)}
+    assert rows == {
+        (DAY, "alice", "1", "flux-2-dev"): _row(images=2, neurons=19.0, requests=2),
+        (DAY, "alice", "2", "flux-2-dev"): _row(account="2", images=1, neurons=10.0),
+        (DAY, "alice", "", "flux-2-dev"): _row(
+            account="", requests=1, cache_hits=1, neurons_saved=9.5
+        ),
+        (DAY, "bob", "1", "flux-1-schnell"): _row(
+            key="bob", model="flux-1-schnell", images=1, neurons=2.25, requests=1
+        ),
+    }
+    only_bob = await store.usage_rows(DAY, NEXT_DAY, key="bob")
+    assert [(r.key, r.images) for r in only_bob] == [("bob", 1)]
+    assert len(await store.usage_rows(DAY, NEXT_DAY, key="alice")) == 4
+    # Cache hits are served, not made: they do not count against the key's quota.
+    assert await store.key_usage("alice", DAY) == KeyUsage(3, 29.0, 0, 0.0)
+
+
+async def test_usage_rows_older_than_the_history_are_forgotten(store, clock):
+    await store.record_usage([_row(images=1, requests=1)], keep_days=2)
+    clock.advance(3 * 86400)
+
+    await store.record_usage([_row(day="2025-06-18", images=1, requests=1)], keep_days=2)
+
+    if store.name != "redis":  # Redis forgets by TTL in real seconds, not the test's clock
+        assert await store.usage_rows(DAY, DAY) == []
+    assert len(await store.usage_rows("2025-06-18", "2025-06-18")) == 1
 
 
 # --- blobs ---------------------------------------------------------------------------------

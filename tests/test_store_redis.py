@@ -355,3 +355,41 @@ async def test_reservation_made_locally_is_settled_locally_after_redis_returns(t
     finally:
         await fresh.aclose()
         await store.close()
+
+
+# --- key quotas and usage through an outage --------------------------------------------------
+
+
+async def test_key_quota_is_kept_locally_in_an_outage_and_its_rows_reach_redis_after(throwaway):
+    from flux_proxy.store.base import KeyUsage, UsageRow
+
+    clock = FrozenClock(START)
+    store = ResilientStore(
+        RedisStore(throwaway.url, "fp:", clock), MemoryStore(clock), clock=clock, retry_interval=1
+    )
+    await store.open()
+    before = await store.try_reserve_key("alice", DAY, 1, 10.0, 3, None, ttl=300)
+    await store.settle_key(before, [UsageRow(DAY, "alice", "1", "m", 1, 9.0, 1)], 90)
+
+    throwaway.kill()
+    # This replica's own mirror still counts the image made before the outage.
+    held = await quick(store.try_reserve_key("alice", DAY, 2, 20.0, 3, None, ttl=300))
+    assert held is not None
+    assert await quick(store.try_reserve_key("alice", DAY, 1, 10.0, 3, None, ttl=300)) is None
+    await quick(store.settle_key(held, [UsageRow(DAY, "alice", "2", "m", 2, 19.5, 1)], 90))
+
+    throwaway.start()
+    clock.advance(1)
+    try:
+        assert (await store.status())["ok"] is True  # back, and what was learned is pushed
+        shared = RedisStore(throwaway.url, "fp:", clock)
+        await shared.open()
+        try:
+            # The restarted Redis kept nothing (no persistence): only the pushed outage rows.
+            rows = {r.account: r for r in await shared.usage_rows(DAY, DAY)}
+            assert rows == {"2": UsageRow(DAY, "alice", "2", "m", 2, 19.5, 1)}
+            assert await shared.key_usage("alice", DAY) == KeyUsage(2, 19.5, 0, 0.0)
+        finally:
+            await shared.close()
+    finally:
+        await store.close()

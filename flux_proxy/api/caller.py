@@ -18,6 +18,18 @@ Role = Literal["admin", "user"]
 class Caller:
     name: str  # stable and safe to store or log: a key's name, never the key
     role: Role = "admin"
+    # A named key's limits from API_KEYS_FILE (see `flux_proxy/keys/`); None means no limit.
+    daily_images: int | None = None
+    daily_neurons: float | None = None
+    # Workers AI model ids this key may use; None means every model.
+    models: frozenset[str] | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.daily_images is not None or self.daily_neurons is not None
+
+    def may_use(self, model_id: str) -> bool:
+        return self.models is None or model_id in self.models
 
     @property
     def is_admin(self) -> bool:

@@ -6,7 +6,6 @@ Pure ASGI rather than `BaseHTTPMiddleware`, so streamed bodies pass through unto
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import secrets
@@ -15,9 +14,10 @@ import time
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flux_proxy.api.caller import Caller, master_key_name
+from flux_proxy.api.caller import ANONYMOUS, Caller
 from flux_proxy.api.render import FILES_PATH, error_response
 from flux_proxy.errors import ApiError
+from flux_proxy.keys.ring import KeyRing
 from flux_proxy.logs import log_event
 from flux_proxy.metrics import Metrics
 
@@ -115,18 +115,27 @@ class RequestContextMiddleware:
             )
 
 
-class ApiKeyMiddleware:
-    """`Authorization: Bearer <key>` on `/v1/*`, except the image files (their random names
-    are the credential). The scheme is case-insensitive; the key is compared with every
-    configured key in constant time, with no early exit. The matching key's `Caller` goes on
-    `scope["state"]["caller"]` (see `api/caller.py`)."""
+def _is_mcp(path: str) -> bool:
+    # MCP's streamable HTTP endpoint (flux_proxy/mcp/http.py) spends neurons like /v1/*.
+    return path == "/mcp" or path.startswith("/mcp/")
 
-    def __init__(self, app: ASGIApp, keys: list[str], enabled: bool = True) -> None:
+
+class ApiKeyMiddleware:
+    """`Authorization: Bearer <key>` on `/v1/*` and `/mcp`, except the image files (their
+    random names are the credential). The scheme is case-insensitive; the key is looked up in
+    the `KeyRing` (`API_MASTER_KEY` keys and `API_KEYS_FILE`), which compares its SHA-256 with
+    every key's in constant time, with no early exit. The matching key's `Caller` goes on
+    `scope["state"]["caller"]` (see `api/caller.py`) and its name on the request's log line."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: list[str] | None = None,
+        enabled: bool = True,
+        keyring: KeyRing | None = None,
+    ) -> None:
         self.app = app
-        self.keys = [key.encode("utf-8") for key in keys]
-        self.callers = [
-            Caller(master_key_name(index, len(keys)), "admin") for index in range(len(keys))
-        ]
+        self.keyring = keyring if keyring is not None else KeyRing(list(keys or []))
         self.enabled = enabled
 
     def _needs_key(self, scope: Scope) -> bool:
@@ -134,23 +143,13 @@ class ApiKeyMiddleware:
         return (
             self.enabled
             and scope["type"] == "http"
-            and (path.startswith("/v1/") or path == "/v1")
+            and (path.startswith("/v1/") or path == "/v1" or _is_mcp(path))
             and not path.startswith(FILES_PATH)
         )
 
     def _caller(self, header: str | None) -> Caller | None:
-        """The caller whose key this header presents, or None. Every key is compared, always."""
-        if not header:
-            return None
-        scheme, _, presented = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            return None
-        candidate = presented.strip().encode("utf-8")
-        found: Caller | None = None
-        for key, caller in zip(self.keys, self.callers, strict=True):
-            if hmac.compare_digest(candidate, key) and found is None:
-                found = caller
-        return found
+        """The caller whose key this header presents, or None."""
+        return bearer_caller(self.keyring, header)
 
     def _authorized(self, header: str | None) -> bool:
         return self._caller(header) is not None
@@ -163,11 +162,32 @@ class ApiKeyMiddleware:
         if caller is None:
             error = ApiError(
                 401,
-                "missing or invalid API key: send 'Authorization: Bearer <API_MASTER_KEY>'",
+                "missing or invalid API key: send 'Authorization: Bearer <key>'",
                 code="invalid_api_key",
                 headers={"www-authenticate": "Bearer"},
             )
             await error_response(error)(scope, receive, send)
             return
         scope.setdefault("state", {})["caller"] = caller
+        note(scope, key_name=caller.name)
         await self.app(scope, receive, send)
+
+
+def bearer_caller(keyring: KeyRing, header: str | None) -> Caller | None:
+    """The caller an `Authorization: Bearer <key>` header presents, or None."""
+    if not header:
+        return None
+    scheme, _, presented = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return None
+    return keyring.caller_for(presented.strip())
+
+
+def optional_caller(scope: Scope, keyring: KeyRing | None, enabled: bool) -> Caller | None:
+    """For routes open to anyone that show more to admins (`/health`, `/metrics`): the
+    caller if a valid key came with the request, the anonymous admin with --no-auth."""
+    if not enabled:
+        return ANONYMOUS
+    if keyring is None:
+        return None
+    return bearer_caller(keyring, _header(scope, b"authorization"))

@@ -1,9 +1,24 @@
 """The OpenAPI 3.1 document for every route, served at `GET /openapi.json` (no key needed).
 
-Bounds that depend on the model (sizes, steps, guidance, prompt length) are the widest any
-served model accepts, read from the model table, so the document never refuses what some model
-takes; the per-model limits are in `GET /v1/models` and enforced with a 400 naming the param.
-Every error, whatever the route, has the one OpenAI shape (`Error`).
+Request bodies are not written out here: each is a pydantic declaration (`schemas.py` for the
+images routes), and its schema is read from it, the same declaration the route validates
+with. A multipart form's schema is derived from the JSON one (numbers and flags as text) plus
+its declared file parts. Bounds that depend on the model are the widest any served model
+accepts, read from the model table; the per-model limits are in `GET /v1/models` and enforced
+with a 400 naming the param. Every error, whatever the route, has the one OpenAI shape.
+
+Other resources add themselves where they define their routes, at import time:
+
+    from flux_proxy.api import openapi
+    openapi.add_operation("/v1/files", "post", openapi.operation(
+        "createFile", "Upload a file",
+        body=openapi.request_body(form=openapi.add_form("FileUpload", FileFields, FileParts)),
+        ok=openapi.json_ok("The file.", openapi.add_schema("FileObject", FileObject)),
+        errors=("400", "401", "413"),
+    ))
+
+`add_schema` takes a pydantic model (its nested models become components too) or a plain
+JSON Schema dict, and returns the `$ref` to it.
 """
 
 from __future__ import annotations
@@ -11,25 +26,27 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from flux_proxy import __version__
-from flux_proxy.api.parse import MAX_N
+from flux_proxy.api.fields import INTEGER_TEXT
 from flux_proxy.api.render import json_response
-from flux_proxy.models import MODELS
+from flux_proxy.api.schemas import ImageEditBody, ImageFiles, ImageGenerationBody
 
 OPENAPI_PATH = "/openapi.json"
-MAX_REFERENCES = max(model.max_references for model in MODELS)
-
 _REF = "#/components/schemas/"
 _ERROR_STATUSES: dict[str, str] = {
     "400": "The request is invalid; `param` names the field (no upstream call was made).",
     "401": "Missing or invalid API key.",
+    "403": "The key may not do this.",
     "404": "No such route, model or image.",
     "405": "Method not allowed on this route.",
     "408": "The request body did not arrive within BODY_READ_TIMEOUT.",
+    "409": "The request conflicts with one already made.",
     "413": "The body, an image, or (per Workers AI) the request is too large.",
     "415": "The Content-Type is neither JSON nor a form.",
     "429": "Every usable account is out of neurons, cooling down or busy; see Retry-After.",
@@ -37,13 +54,113 @@ _ERROR_STATUSES: dict[str, str] = {
     "503": "No account can serve this model, or none is configured.",
     "504": "No account produced an image within REQUEST_DEADLINE.",
 }
+IMAGE_ERRORS = ("400", "401", "408", "413", "415", "429", "502", "503", "504")
+
+# --- the registry ---------------------------------------------------------------------------
+
+_COMPONENTS: dict[str, Any] = {}
+_OPERATIONS: dict[str, dict[str, Any]] = {}
 
 
-def _ref(name: str) -> dict[str, str]:
+class _Generator(GenerateJsonSchema):
+    """Schemas without pydantic's titles and `default: null` noise."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def generate(self, schema: Any, mode: Any = "validation") -> Any:
+        return _tidy(super().generate(schema, mode=mode))
+
+
+def _tidy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: _tidy(item)
+            for key, item in value.items()
+            if key != "title" and not (key == "default" and item is None)
+        }
+    if isinstance(value, list):
+        return [_tidy(item) for item in value]
+    return value
+
+
+def declared_schema(declaration: type[BaseModel]) -> dict[str, Any]:
+    """A declaration's JSON Schema; its nested models are added as components."""
+    schema = declaration.model_json_schema(
+        by_alias=True, ref_template=_REF + "{model}", schema_generator=_Generator
+    )
+    for name, nested in schema.pop("$defs", {}).items():
+        _COMPONENTS[name] = nested
+    return schema
+
+
+def ref(name: str) -> dict[str, str]:
     return {"$ref": _REF + name}
 
 
-def _errors(*statuses: str) -> dict[str, Any]:
+def add_schema(name: str, declaration: type[BaseModel] | dict[str, Any]) -> dict[str, str]:
+    """Add a component schema (a pydantic model or a JSON Schema dict); returns its `$ref`."""
+    schema = declaration if isinstance(declaration, dict) else declared_schema(declaration)
+    _COMPONENTS[name] = schema
+    openapi_document.cache_clear()
+    return ref(name)
+
+
+def add_form(
+    name: str, fields: type[BaseModel], files: type[BaseModel] | None = None
+) -> dict[str, str]:
+    """Add the multipart form of a declaration: its fields as text, plus its file parts."""
+    return add_schema(name, form_schema(fields, files))
+
+
+def add_operation(path: str, method: str, spec: dict[str, Any]) -> None:
+    _OPERATIONS.setdefault(path, {})[method.lower()] = spec
+    openapi_document.cache_clear()
+
+
+def form_schema(fields: type[BaseModel], files: type[BaseModel] | None) -> dict[str, Any]:
+    """What a form carries: the declared fields as the text a form sends ("30", "true"), and
+    the file parts. Values a form cannot hold (data URL lists, objects) are left out."""
+    schema = declared_schema(fields)
+    properties: dict[str, Any] = {}
+    for name, prop in schema.get("properties", {}).items():
+        text = _as_form_text(prop)
+        if text is not None:
+            properties[name] = text
+    required = list(schema.get("required", []))
+    if files is not None:
+        parts = declared_schema(files)
+        properties.update(parts.get("properties", {}))
+        required += parts.get("required", [])
+    form: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        form["required"] = required
+    if schema.get("description"):
+        form["description"] = schema["description"]
+    return form
+
+
+def _as_form_text(prop: dict[str, Any]) -> dict[str, Any] | None:
+    described = {"description": prop["description"]} if "description" in prop else {}
+    if "anyOf" in prop:  # e.g. a prompt: text, or a JSON object in a JSON body only
+        texts = [branch for branch in prop["anyOf"] if branch.get("type") == "string"]
+        return (texts[0] | described) if texts and not prop.get("items") else None
+    kind = prop.get("type")
+    if kind == "integer":
+        return {"type": "string", "pattern": INTEGER_TEXT} | described
+    if kind == "number":
+        return {"type": "string"} | described
+    if kind == "boolean":
+        return {"type": "string", "enum": ["true", "false", "1", "0"]} | described
+    if kind == "string":
+        return prop
+    return None
+
+
+# --- building operations --------------------------------------------------------------------
+
+
+def errors(*statuses: str) -> dict[str, Any]:
     return {
         status: {"$ref": f"#/components/responses/Error{status}"}
         for status in statuses
@@ -51,192 +168,80 @@ def _errors(*statuses: str) -> dict[str, Any]:
     }
 
 
-def _widest(attribute: str) -> tuple[float, float]:
-    ranges = [getattr(model, attribute) for model in MODELS if getattr(model, attribute)]
-    return min(r.minimum for r in ranges), max(r.maximum for r in ranges)
-
-
-def _image_fields(*, form: bool) -> dict[str, Any]:
-    """The request fields shared by generations and edits, as JSON values or as form text."""
-    size_min, size_max = _widest("size_range")
-    steps_min, steps_max = _widest("steps_range")
-    guidance_min, guidance_max = _widest("guidance_range")
-    prompt_max = max(model.prompt_max_chars for model in MODELS)
-
-    def integer(minimum: float, maximum: float, description: str) -> dict[str, Any]:
-        schema = {"type": "integer", "minimum": minimum, "maximum": maximum}
-        if form:  # a form field is text: "30"
-            schema = {"type": "string", "pattern": r"^\s*[+-]?\d{1,20}\s*$"}
-        return schema | {"description": description}
-
-    prompt: dict[str, Any] = {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": prompt_max,
-        "description": "What to draw. Limited by PROMPT and the model (see /v1/models).",
-    }
-    if not form:
-        prompt = {
-            "oneOf": [
-                prompt,
-                {
-                    "type": "object",
-                    "description": "A FLUX.2 JSON prompt, sent upstream as its compact JSON text.",
-                },
-            ]
-        }
-    names = [m.short_name for m in MODELS]
-    fields: dict[str, Any] = {
-        "prompt": prompt,
-        "model": {
-            "type": "string",
-            "description": "A full @cf/... id, a short name, or an alias (dall-e-3, gpt-image-1 "
-            "and MODEL_ALIASES). Default: DEFAULT_MODEL.",
-            "examples": names,
-        },
-        "n": integer(1, MAX_N, "How many images; each is one upstream call with its own seed."),
-        "size": {
-            "type": "string",
-            "description": "'auto' or WIDTHxHEIGHT within the model's size range.",
-            "examples": ["1024x1024", "auto"],
-        },
-        "width": integer(size_min, size_max, "Overrides the width from `size`."),
-        "height": integer(size_min, size_max, "Overrides the height from `size`."),
-        "steps": integer(steps_min, steps_max, "Diffusion steps, for models that take them."),
-        "seed": integer(0, 2**63 - 1, "Image i of n gets seed+i; random when absent."),
-        "guidance": (
-            {"type": "string"}
-            if form
-            else {"type": "number", "minimum": guidance_min, "maximum": guidance_max}
-        )
-        | {"description": "Prompt guidance, for models that take it."},
-        "negative_prompt": {"type": "string", "description": "For models that take one."},
-        "response_format": {
-            "type": "string",
-            "enum": ["b64_json", "url"],
-            "description": "Absent: both `b64_json` and `url` are returned.",
-        },
-        "output_format": {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"]},
-        "output_compression": integer(0, 100, "Quality for jpeg and webp."),
-        "quality": {
-            "type": "string",
-            "enum": ["auto", "low", "medium", "high", "standard", "hd"],
-            "description": "Accepted and echoed; no served model has a quality knob.",
-        },
-        "background": {"type": "string", "enum": ["auto", "opaque"]},
-        "stream": (
-            {"type": "string", "enum": ["true", "false", "1", "0"]} if form else {"type": "boolean"}
-        )
-        | {"description": "Answer as server-sent events (text/event-stream)."},
-        "partial_images": integer(0, 3, "Accepted; no served model makes partial images."),
-        "style": {"type": "string", "description": "Accepted and ignored."},
-        "user": {"type": "string", "description": "Accepted and ignored."},
-        "moderation": {"type": "string", "description": "Accepted and ignored."},
-    }
-    return fields
-
-
-def _data_url_images() -> dict[str, Any]:
-    data_url = {
-        "type": "string",
-        "pattern": "^data:",
-        "description": "A base64 data: URL. http(s), file and other URLs are refused with 400: "
-        "the proxy never fetches a URL.",
-    }
-    item = {
-        "oneOf": [
-            data_url,
-            {
-                "type": "object",
-                "required": ["image_url"],
-                "properties": {
-                    "image_url": {
-                        "oneOf": [
-                            data_url,
-                            {
-                                "type": "object",
-                                "required": ["url"],
-                                "properties": {"url": data_url},
-                            },
-                        ]
-                    }
-                },
-            },
-        ]
-    }
-    return {
-        "type": "array",
-        "items": item,
-        "maxItems": MAX_REFERENCES,
-        "description": "Reference images (PNG, JPEG or WebP), at most MAX_IMAGE_BYTES each.",
-    }
-
-
-def _binary(description: str) -> dict[str, Any]:
-    return {"type": "string", "format": "binary", "description": description}
-
-
-def _form_schema(*, edit: bool) -> dict[str, Any]:
-    properties = _image_fields(form=True)
-    properties["image"] = _binary("An image to edit or use as a reference (PNG, JPEG, WebP).")
-    properties["image[]"] = {
-        "type": "array",
-        "items": _binary("A reference image."),
-        "maxItems": MAX_REFERENCES,
-    }
-    for index in range(MAX_REFERENCES):
-        properties[f"input_image_{index}"] = _binary(f"Reference image {index} (the seed's names).")
-    schema: dict[str, Any] = {"type": "object", "required": ["prompt"], "properties": properties}
-    if edit:
-        schema["description"] = "At least one image: `image`, `image[]` or `input_image_N`."
-    return schema
-
-
-def _json_schema(*, edit: bool) -> dict[str, Any]:
-    properties = _image_fields(form=False)
-    properties["images"] = _data_url_images()
-    return {
-        "type": "object",
-        "required": ["prompt", "images"] if edit else ["prompt"],
-        "properties": properties,
-    }
-
-
-def _image_operation(*, edit: bool) -> dict[str, Any]:
-    kind = "edit" if edit else "generation"
-    name = "Edit" if edit else "Generation"
-    return {
-        "operationId": f"createImage{name}",
-        "summary": f"Create images ({kind})",
-        "description": "OpenAI Images API. Reference images only as uploads or data: URLs.",
-        "security": [{"bearerAuth": []}],
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": _ref(f"Image{name}Request")},
-                "multipart/form-data": {"schema": _ref(f"Image{name}Form")},
-            },
-        },
-        "responses": {
-            "200": {
-                "description": "The images (JSON), or with stream=true the events (SSE).",
-                "headers": {"x-request-id": _ref_header("RequestId")},
-                "content": {
-                    "application/json": {"schema": _ref("ImagesResponse")},
-                    "text/event-stream": {"schema": {"type": "string"}},
-                },
-            },
-            **_errors("400", "401", "408", "413", "415", "429", "502", "503", "504"),
-        },
-    }
-
-
 def _ref_header(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/headers/{name}"}
 
 
-def _json_ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+def json_ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def request_body(
+    *, json: dict[str, Any] | None = None, form: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    content: dict[str, Any] = {}
+    if json is not None:
+        content["application/json"] = {"schema": json}
+    if form is not None:
+        content["multipart/form-data"] = {"schema": form}
+    return {"required": True, "content": content}
+
+
+def operation(
+    operation_id: str,
+    summary: str,
+    *,
+    ok: dict[str, Any],
+    body: dict[str, Any] | None = None,
+    errors_: tuple[str, ...] = ("400", "401"),
+    description: str | None = None,
+    security: list[dict[str, list]] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "security": [{"bearerAuth": []}] if security is None else security,
+    }
+    if description:
+        spec["description"] = description
+    if body is not None:
+        spec["requestBody"] = body
+    spec["responses"] = {"200": ok, **errors(*errors_)}
+    return spec
+
+
+def images_ok() -> dict[str, Any]:
+    """The 200 of every images route: the images as JSON, or with stream=true the events."""
+    return {
+        "description": "The images (JSON), or with stream=true the events (SSE).",
+        "headers": {"x-request-id": _ref_header("RequestId")},
+        "content": {
+            "application/json": {"schema": ref("ImagesResponse")},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
+    }
+
+
+def _declare_images() -> None:
+    for name, body, path in (
+        ("Generation", ImageGenerationBody, "/v1/images/generations"),
+        ("Edit", ImageEditBody, "/v1/images/edits"),
+    ):
+        add_operation(
+            path,
+            "post",
+            operation(
+                f"createImage{name}",
+                f"Create images ({name.lower()})",
+                description="OpenAI Images API. Reference images only as uploads or data: URLs.",
+                body=request_body(
+                    json=add_schema(f"Image{name}Request", body),
+                    form=add_form(f"Image{name}Form", body, ImageFiles),
+                ),
+                ok=images_ok(),
+                errors_=IMAGE_ERRORS,
+            ),
+        )
 
 
 def _schemas() -> dict[str, Any]:
@@ -260,10 +265,6 @@ def _schemas() -> dict[str, Any]:
                 }
             },
         },
-        "ImageGenerationRequest": _json_schema(edit=False),
-        "ImageEditRequest": _json_schema(edit=True),
-        "ImageGenerationForm": _form_schema(edit=False),
-        "ImageEditForm": _form_schema(edit=True),
         "Image": {
             "type": "object",
             "properties": {
@@ -277,7 +278,7 @@ def _schemas() -> dict[str, Any]:
             "required": ["created", "data"],
             "properties": {
                 "created": {"type": "integer"},
-                "data": {"type": "array", "items": _ref("Image")},
+                "data": {"type": "array", "items": ref("Image")},
                 "model": {"type": "string"},
                 "seed": nullable_integer,
                 "seeds": {"type": "array", "items": nullable_integer},
@@ -305,7 +306,7 @@ def _schemas() -> dict[str, Any]:
             "required": ["object", "data"],
             "properties": {
                 "object": {"const": "list"},
-                "data": {"type": "array", "items": _ref("Model")},
+                "data": {"type": "array", "items": ref("Model")},
             },
         },
         "AccountStatus": {
@@ -325,12 +326,19 @@ def _schemas() -> dict[str, Any]:
         },
         "Health": {
             "type": "object",
-            "required": ["status", "accounts"],
+            "required": ["status", "counts", "next_reset"],
             "properties": {
                 "status": {"enum": ["ok", "degraded", "unavailable"]},
                 "reason": nullable_string,
                 "version": {"type": "string"},
-                "accounts": {"type": "array", "items": _ref("AccountStatus")},
+                "counts": {"type": "object", "description": "Accounts per state."},
+                "neurons_remaining_today": nullable_number,
+                "next_reset": {"type": "string"},
+                "accounts": {
+                    "type": "array",
+                    "items": ref("AccountStatus"),
+                    "description": "Only with an admin key.",
+                },
                 "store": {"type": "object"},
             },
         },
@@ -343,7 +351,7 @@ def _error_responses() -> dict[str, Any]:
             "description": description,
             "headers": {"x-request-id": _ref_header("RequestId")}
             | ({"Retry-After": _ref_header("RetryAfter")} if status == "429" else {}),
-            "content": {"application/json": {"schema": _ref("Error")}},
+            "content": {"application/json": {"schema": ref("Error")}},
         }
         for status, description in _ERROR_STATUSES.items()
     }
@@ -371,18 +379,16 @@ def _paths() -> dict[str, Any]:
                     for mime in ("image/png", "image/jpeg", "image/webp")
                 },
             },
-            **_errors("404"),
+            **errors("404"),
         },
     }
-    health = _json_ok("At least one account can serve now.", _ref("Health"))
+    health = json_ok("At least one account can serve now.", ref("Health"))
     ready_schema = {
         "type": "object",
         "required": ["status"],
         "properties": {"status": {"enum": ["ready", "not_ready"]}, "reason": nullable()},
     }
     return {
-        "/v1/images/generations": {"post": _image_operation(edit=False)},
-        "/v1/images/edits": {"post": _image_operation(edit=True)},
         "/v1/images/files/{name}": {
             "get": image_file | {"operationId": "getImageFile"},
             "head": image_file | {"operationId": "headImageFile"},
@@ -392,8 +398,8 @@ def _paths() -> dict[str, Any]:
                 "operationId": "listModels",
                 "security": keyed,
                 "responses": {
-                    "200": _json_ok("The served models.", _ref("ModelList")),
-                    **_errors("401"),
+                    "200": json_ok("The served models.", ref("ModelList")),
+                    **errors("401"),
                 },
             }
         },
@@ -403,8 +409,8 @@ def _paths() -> dict[str, Any]:
                 "security": keyed,
                 "parameters": [model_param],
                 "responses": {
-                    "200": _json_ok("One model.", _ref("Model")),
-                    **_errors("401", "404"),
+                    "200": json_ok("One model.", ref("Model")),
+                    **errors("401", "404"),
                 },
             }
         },
@@ -414,7 +420,7 @@ def _paths() -> dict[str, Any]:
                 "security": [],
                 "responses": {
                     "200": health,
-                    "503": _json_ok("No account can serve now.", _ref("Health")),
+                    "503": json_ok("No account can serve now.", ref("Health")),
                 },
             }
         },
@@ -423,7 +429,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "healthLive",
                 "security": [],
                 "responses": {
-                    "200": _json_ok(
+                    "200": json_ok(
                         "The process answers.",
                         {"type": "object", "properties": {"status": {"const": "alive"}}},
                     )
@@ -435,8 +441,8 @@ def _paths() -> dict[str, Any]:
                 "operationId": "healthReady",
                 "security": [],
                 "responses": {
-                    "200": _json_ok("Ready to serve.", ready_schema),
-                    "503": _json_ok("Not ready.", ready_schema),
+                    "200": json_ok("Ready to serve.", ready_schema),
+                    "503": json_ok("Not ready.", ready_schema),
                 },
             }
         },
@@ -461,7 +467,7 @@ def _paths() -> dict[str, Any]:
                         "description": "The web page.",
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     },
-                    **_errors("404"),
+                    **errors("404"),
                 },
             }
         },
@@ -470,7 +476,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "openapi",
                 "security": [],
                 "responses": {
-                    "200": _json_ok("This document.", {"type": "object"}),
+                    "200": json_ok("This document.", {"type": "object"}),
                 },
             }
         },
@@ -481,9 +487,18 @@ def nullable() -> dict[str, Any]:
     return {"type": ["string", "null"]}
 
 
+def _declare_the_rest() -> None:
+    for name, schema in _schemas().items():
+        add_schema(name, schema)
+    for path, methods in _paths().items():
+        for method, spec in methods.items():
+            add_operation(path, method, spec)
+
+
 @functools.lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
-    """The whole document (built once; it depends only on the code and the model table)."""
+    """The whole document (built once after the last declaration; it depends only on the code
+    and the model table)."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -493,9 +508,9 @@ def openapi_document() -> dict[str, Any]:
             "models, with failover across accounts. The static web page's files are under "
             "/static/ (not listed).",
         },
-        "paths": _paths(),
+        "paths": _OPERATIONS,
         "components": {
-            "schemas": _schemas(),
+            "schemas": _COMPONENTS,
             "responses": _error_responses(),
             "headers": {
                 "RequestId": {
@@ -517,6 +532,10 @@ def openapi_document() -> dict[str, Any]:
         },
         "security": [{"bearerAuth": []}],
     }
+
+
+_declare_images()
+_declare_the_rest()
 
 
 async def openapi_json(request: Request) -> Response:

@@ -1,45 +1,53 @@
 """OpenAI and seed requests → one validated `ImageRequest` (an `ImageJob` plus how to answer).
 
-Every rule is checked here, before any upstream call, and each violation is a 400 (413 for
-sizes) naming the offending `param`. What a model accepts comes from its `ModelSpec`, never
-from `if model == ...`.
+Two steps, both before any upstream call, each violation a 400 (413 for sizes) naming the
+offending `param`:
+1. the body against its declaration (`schemas.py`, through `validation.py`): types, choices
+   and the bounds that hold for every model;
+2. what the chosen model accepts, from its `ModelSpec` (never `if model == ...`): prompt
+   length, size, steps, seed, guidance, how many images, a mask, strength.
 
 Honoured: `output_format` (png, jpeg, webp) and `output_compression` (0-100, for jpeg and
-webp; see `api/output.py`), `stream` (see `api/stream.py`). Accepted and ignored
-(documented): `quality`, `style`, `user`, `moderation`, and `partial_images` (0-3; FLUX.2 and
-the other Workers AI models make no partial images, so a stream carries only the completed
-events). `background` may be `auto` or `opaque`; `transparent` is refused, since no served model
-can make a transparent image.
+webp; see `api/output.py`), `stream` (see `api/stream.py`). With no `response_format` the
+answer's form follows the model name used (`model_lookup.default_response_format`). A `mask`
+goes to a model that takes masks: the one named, else `MASK_MODEL`.
 """
 
 from __future__ import annotations
 
-import math
-import re
+import asyncio
 import secrets
 from dataclasses import dataclass, replace
-from typing import Any, Literal
-
-import orjson
+from typing import Literal
 
 from flux_proxy.api.body import RawRequest
-from flux_proxy.api.model_lookup import lookup_model
-from flux_proxy.api.references import collect_images, prepare_references
+from flux_proxy.api.fields import size_of
+from flux_proxy.api.model_lookup import ResponseFormat, default_response_format, lookup_model
+from flux_proxy.api.references import (
+    PendingImage,
+    collect_images,
+    collect_mask,
+    prepare_references,
+)
+from flux_proxy.api.schemas import (
+    MAX_N,
+    MAX_PARTIAL_IMAGES,
+    MAX_SEED,
+    ImageEditBody,
+    ImageGenerationBody,
+    ImageOptions,
+)
+from flux_proxy.api.validation import validate_body
 from flux_proxy.errors import invalid
-from flux_proxy.job import ImageJob
-from flux_proxy.models import MODELS, ModelSpec
+from flux_proxy.job import ImageJob, ReferenceImage
+from flux_proxy.masks import convert_mask, image_size
+from flux_proxy.models import MODELS, ModelSpec, find_model
 from flux_proxy.settings import Settings
 
-ResponseFormat = Literal["b64_json", "url"]
+__all__ = ["MAX_N", "MAX_PARTIAL_IMAGES", "ImageRequest", "build_image_request"]
+
 OutputFormat = Literal["png", "jpeg", "webp"]
-MAX_N = 10
-MAX_PARTIAL_IMAGES = 3  # OpenAI's range is 0-3
-_OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
-_QUALITIES = ("auto", "low", "medium", "high", "standard", "hd")
-MAX_SEED = 2**63 - 1
 _RANDOM_SEED_BOUND = 2**31  # random seeds stay small enough for every client to print
-_SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*$")
-_INTEGER_TEXT = re.compile(r"^\s*[+-]?\d{1,20}\s*$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class ImageRequest:
     quality: str = "auto"  # echoed; no served model has a quality knob
     background: str = "auto"  # auto | opaque
     requested_seed: int | None = None  # the caller's `seed`; None: random seeds (see `seeds`)
+    model_name: str | None = None  # the `model` the caller sent, as sent (None: none)
 
     def jobs(self) -> list[ImageJob]:
         return [replace(self.job, seed=seed) for seed in self.seeds]
@@ -65,29 +74,48 @@ class ImageRequest:
 
 async def build_image_request(raw: RawRequest, settings: Settings, *, edit: bool) -> ImageRequest:
     """Validate a decoded body. References are checked and scaled in worker threads."""
-    fields = raw.fields
-    model = _model(fields.get("model"), settings)
-    prompt_text = _prompt(fields.get("prompt"), model, settings)
-    n = _n(fields.get("n"))
-    response_format = _response_format(fields.get("response_format"))
-    stream = _bool(fields.get("stream"), "stream")
-    partial_images = _partial_images(fields.get("partial_images"))
-    output_format = _output_format(fields.get("output_format"))
-    output_compression = _output_compression(fields.get("output_compression"), output_format)
-    quality = _quality(fields.get("quality"))
-    background = _background(fields.get("background"))
-    if "mask" in fields or any(f.field == "mask" for f in raw.files):
+    body = validate_body(ImageEditBody if edit else ImageGenerationBody, raw.fields)
+    model = resolve_model(body.model, settings)
+    return await assemble(body, raw, settings, model=model, prompt=body.prompt, edit=edit)
+
+
+def resolve_model(name: str | None, settings: Settings) -> ModelSpec:
+    if name is None or not name.strip():
+        name = settings.default_model
+    spec = lookup_model(name, settings)
+    if spec is None:
+        served = ", ".join(m.short_name for m in MODELS)
         raise invalid(
-            f"{model.short_name} does not take a mask; describe the edit in the prompt and pass "
-            "the image as a reference",
-            param="mask",
-            code="unsupported_parameter",
+            f"unknown model {name[:100]!r}; this proxy serves: {served}",
+            param="model",
+            code="model_not_found",
         )
-    width, height = _size(fields, model)
-    steps = _steps(fields.get("steps"), model)
-    seed = _seed(fields.get("seed"), model)
-    guidance = _guidance(fields.get("guidance"), model)
-    negative_prompt = _negative_prompt(fields.get("negative_prompt"), model, settings)
+    return spec
+
+
+async def assemble(
+    body: ImageOptions,
+    raw: RawRequest,
+    settings: Settings,
+    *,
+    model: ModelSpec,
+    prompt: str,
+    edit: bool,
+) -> ImageRequest:
+    """A validated body and its images → the request, checked against what `model` takes
+    (or, for an edit with a mask, against the model that will do it)."""
+    mask = collect_mask(raw, settings)
+    if mask is not None:
+        model = _mask_model(model, settings)
+    _check_prompt(prompt, model, settings)
+    if body.output_format == "png" and body.output_compression is not None:
+        raise invalid(
+            "output_compression applies to jpeg and webp only; PNG is lossless",
+            param="output_compression",
+        )
+    width, height = _size(body, model)
+    steps = _steps(body.steps, model)
+    _check_takes(model, body, settings)
 
     pending = collect_images(raw, settings)
     if edit and not pending:
@@ -96,73 +124,58 @@ async def build_image_request(raw: RawRequest, settings: Settings, *, edit: bool
             param="image",
             code="missing_required_parameter",
         )
-    if pending and not model.takes_references:
-        raise invalid(f"{model.short_name} takes no reference images", param=pending[0].param)
-    if len(pending) > model.max_references:
+    if mask is not None and not pending:
+        raise invalid("a mask needs the image it applies to", param="image")
+    if model.requires_reference and not pending:
         raise invalid(
-            f"{model.short_name} takes at most {model.max_references} reference images; "
-            f"got {len(pending)}",
-            param=pending[model.max_references].param,
+            f"{model.short_name} changes an image: send one (images, or image in an edit)",
+            param="image",
+            code="missing_required_parameter",
         )
+    if model.requires_mask and mask is None:
+        raise invalid(
+            f"{model.short_name} repaints where a mask says: send one with the image",
+            param="mask",
+            code="missing_required_parameter",
+        )
+    _check_image_count(pending, model)
     references = await prepare_references(pending, model)
+    job_mask = await _prepared_mask(mask, pending, references) if mask is not None else None
 
     job = ImageJob(
         model=model,
-        prompt=prompt_text,
+        prompt=prompt,
         width=width,
         height=height,
         steps=steps,
-        guidance=guidance,
-        negative_prompt=negative_prompt,
+        guidance=body.guidance,
+        negative_prompt=body.negative_prompt,
         references=references,
+        mask=job_mask,
+        strength=body.strength,
     )
+    response_format = body.response_format or default_response_format(body.model, settings)
     return ImageRequest(
         job=job,
-        n=n,
-        seeds=_seeds(seed, n, model),
+        n=body.n,
+        seeds=_seeds(body.seed, body.n, model),
         response_format=response_format,
-        prompt_text=prompt_text,
-        stream=stream,
-        partial_images=partial_images,
-        output_format=output_format,
-        output_compression=output_compression,
-        quality=quality,
-        background=background,
-        requested_seed=seed if model.takes_seed else None,
+        prompt_text=prompt,
+        stream=body.stream,
+        partial_images=body.partial_images,
+        output_format=body.output_format,  # type: ignore[arg-type]  # jpg is stored as jpeg
+        output_compression=body.output_compression,
+        quality=body.quality,
+        background=body.background,
+        model_name=body.model,
+        requested_seed=body.seed if model.takes_seed else None,
     )
 
 
-# --- model and prompt -------------------------------------------------------------------------
+# --- what the model takes --------------------------------------------------------------------
 
 
-def _model(value: Any, settings: Settings) -> ModelSpec:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        value = settings.default_model
-    if not isinstance(value, str):
-        raise invalid("model must be a string", param="model")
-    spec = lookup_model(value, settings)
-    if spec is None:
-        served = ", ".join(m.short_name for m in MODELS)
-        raise invalid(
-            f"unknown model {value[:100]!r}; this proxy serves: {served}",
-            param="model",
-            code="model_not_found",
-        )
-    return spec
-
-
-def _prompt(value: Any, model: ModelSpec, settings: Settings) -> str:
-    if value is None:
-        raise invalid("prompt is required", param="prompt", code="missing_required_parameter")
-    if isinstance(value, dict):
-        # Seed compatibility: a JSON prompt goes upstream as its (compact) JSON text.
-        text = orjson.dumps(value).decode("utf-8")
-    elif isinstance(value, str):
-        text = value
-    else:
-        raise invalid("prompt must be a string or a JSON object", param="prompt")
-    if not text.strip():
-        raise invalid("prompt must not be empty", param="prompt")
+def _check_prompt(text: str, model: ModelSpec, settings: Settings) -> None:
     limit = min(settings.max_prompt_chars, model.prompt_max_chars)
     if len(text) > limit:
         raise invalid(
@@ -170,147 +183,64 @@ def _prompt(value: Any, model: ModelSpec, settings: Settings) -> str:
             param="prompt",
             code="string_above_max_length",
         )
-    return text
 
 
-# --- plain values -----------------------------------------------------------------------------
+def _check_takes(model: ModelSpec, body: ImageOptions, settings: Settings) -> None:
+    """Knobs the model has no use for are refused, never silently dropped."""
+    if body.seed is not None and not model.takes_seed:
+        raise invalid(f"{model.short_name} takes no seed", param="seed")
+    if body.guidance is not None:
+        bounds = model.guidance_range
+        if bounds is None:
+            raise invalid(f"{model.short_name} takes no guidance", param="guidance")
+        if body.guidance not in bounds:
+            raise invalid(
+                f"guidance must be between {bounds.minimum} and {bounds.maximum} for "
+                f"{model.short_name}",
+                param="guidance",
+            )
+    if body.strength is not None:
+        bounds = model.strength_range
+        if bounds is None:
+            raise invalid(
+                f"{model.short_name} takes no strength (image-to-image models only)",
+                param="strength",
+            )
+        if body.strength not in bounds:
+            raise invalid(
+                f"strength must be between {bounds.minimum} and {bounds.maximum} for "
+                f"{model.short_name}",
+                param="strength",
+            )
+    if body.negative_prompt is not None:
+        if not model.takes_negative_prompt:
+            raise invalid(f"{model.short_name} takes no negative_prompt", param="negative_prompt")
+        if len(body.negative_prompt) > settings.max_prompt_chars:
+            raise invalid("negative_prompt is too long", param="negative_prompt")
 
 
-def _int(value: Any, param: str) -> int:
-    """An integer, or text of one (form fields are text). Never a bool, never a float."""
-    if isinstance(value, bool):
-        raise invalid(f"{param} must be an integer, not a boolean", param=param)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and _INTEGER_TEXT.match(value):
-        return int(value)
-    raise invalid(f"{param} must be an integer", param=param)
-
-
-def _number(value: Any, param: str) -> float:
-    if isinstance(value, bool):
-        raise invalid(f"{param} must be a number, not a boolean", param=param)
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise invalid(f"{param} must be a number", param=param) from None
-    else:
-        raise invalid(f"{param} must be a number", param=param)
-    if not math.isfinite(number):
-        raise invalid(f"{param} must be a finite number", param=param)
-    return number
-
-
-def _bool(value: Any, param: str) -> bool:
-    if value is None or value is False:
-        return False
-    if value is True:
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", ""):
-        return value.strip().lower() in ("true", "1")
-    raise invalid(f"{param} must be true or false", param=param)
-
-
-def _n(value: Any) -> int:
-    if value is None:
-        return 1
-    n = _int(value, "n")
-    if not 1 <= n <= MAX_N:
-        raise invalid(f"n must be between 1 and {MAX_N}", param="n")
-    return n
-
-
-def _response_format(value: Any) -> ResponseFormat | None:
-    if value is None or value == "":
-        return None
-    if value in ("b64_json", "url"):
-        return value
-    raise invalid("response_format must be 'b64_json' or 'url'", param="response_format")
-
-
-def _partial_images(value: Any) -> int:
-    if value is None or value == "":
-        return 0
-    count = _int(value, "partial_images")
-    if not 0 <= count <= MAX_PARTIAL_IMAGES:
-        raise invalid(
-            f"partial_images must be between 0 and {MAX_PARTIAL_IMAGES}", param="partial_images"
-        )
-    return count
-
-
-def _output_format(value: Any) -> OutputFormat | None:
-    if value is None or value == "":
-        return None
-    name = _OUTPUT_FORMATS.get(value.strip().lower()) if isinstance(value, str) else None
-    if name is None:
-        raise invalid("output_format must be 'png', 'jpeg' or 'webp'", param="output_format")
-    return name  # type: ignore[return-value]
-
-
-def _output_compression(value: Any, output_format: OutputFormat | None) -> int | None:
-    if value is None or value == "":
-        return None
-    compression = _int(value, "output_compression")
-    if not 0 <= compression <= 100:
-        raise invalid("output_compression must be between 0 and 100", param="output_compression")
-    if output_format == "png":
-        raise invalid(
-            "output_compression applies to jpeg and webp only; PNG is lossless",
-            param="output_compression",
-        )
-    return compression
-
-
-def _quality(value: Any) -> str:
-    if value is None or value == "":
-        return "auto"
-    if not isinstance(value, str) or value.strip().lower() not in _QUALITIES:
-        raise invalid(f"quality must be one of {', '.join(_QUALITIES)}", param="quality")
-    return value.strip().lower()
-
-
-def _background(value: Any) -> str:
-    if value is None or value == "":
-        return "auto"
-    if value in ("auto", "opaque"):
-        return value
-    if value == "transparent":
-        raise invalid(
-            "no served model can make a transparent background; use 'auto' or 'opaque'",
-            param="background",
-            code="unsupported_parameter",
-        )
-    raise invalid("background must be 'auto' or 'opaque'", param="background")
-
-
-# --- size, steps, seed, guidance ----------------------------------------------------------------
-
-
-def _size(fields: dict[str, Any], model: ModelSpec) -> tuple[int | None, int | None]:
+def _size(body: ImageOptions, model: ModelSpec) -> tuple[int | None, int | None]:
     """Width and height: `width`/`height` win over `size`; `auto` or nothing = model default."""
     width = height = None
     width_param = height_param = "size"
-    size = fields.get("size")
-    if size is not None and size != "auto":
-        if not isinstance(size, str) or not (match := _SIZE.match(size)):
-            raise invalid("size must be 'auto' or 'WIDTHxHEIGHT', e.g. '1024x768'", param="size")
-        width, height = int(match.group(1)), int(match.group(2))
-    if fields.get("width") is not None:
-        width, width_param = _int(fields["width"], "width"), "width"
-    if fields.get("height") is not None:
-        height, height_param = _int(fields["height"], "height"), "height"
+    if (dimensions := size_of(body.size)) is not None:
+        width, height = dimensions
+    if body.width is not None:
+        width, width_param = body.width, "width"
+    if body.height is not None:
+        height, height_param = body.height, "height"
 
     if model.size_range is None:
-        if width is not None or height is not None:
-            param = width_param if width is not None else height_param
-            raise invalid(
-                f"{model.short_name} makes images of one fixed size; leave out {param}",
-                param=param,
-            )
+        # A fixed-size model takes its own size (LangChain always sends 1024x1024) and is
+        # sent no size at all; any other size is refused, saying which one it makes.
+        own = (model.default_width, model.default_height)
+        for value, param, index in ((width, width_param, 0), (height, height_param, 1)):
+            if value is not None and value != own[index]:
+                raise invalid(
+                    f"{model.short_name} makes only {own[0]}x{own[1]} images; leave out "
+                    f"{param} or ask for {own[0]}x{own[1]}",
+                    param=param,
+                )
         return None, None
     bounds = model.size_range
     for value, param, name in ((width, width_param, "width"), (height, height_param, "height")):
@@ -326,10 +256,9 @@ def _size(fields: dict[str, Any], model: ModelSpec) -> tuple[int | None, int | N
     )
 
 
-def _steps(value: Any, model: ModelSpec) -> int | None:
-    if value is None:
+def _steps(steps: int | None, model: ModelSpec) -> int | None:
+    if steps is None:
         return model.default_steps if model.takes_steps else None
-    steps = _int(value, "steps")
     if model.fixed_steps is not None:
         if steps != model.fixed_steps:
             raise invalid(
@@ -348,17 +277,6 @@ def _steps(value: Any, model: ModelSpec) -> int | None:
     return steps
 
 
-def _seed(value: Any, model: ModelSpec) -> int | None:
-    if value is None:
-        return None
-    seed = _int(value, "seed")
-    if not model.takes_seed:
-        raise invalid(f"{model.short_name} takes no seed", param="seed")
-    if not 0 <= seed <= MAX_SEED:
-        raise invalid(f"seed must be an integer between 0 and {MAX_SEED}", param="seed")
-    return seed
-
-
 def _seeds(seed: int | None, n: int, model: ModelSpec) -> tuple[int | None, ...]:
     """One seed per image: seed, seed+1, ... when given, else random (so images differ)."""
     if not model.takes_seed:
@@ -368,29 +286,48 @@ def _seeds(seed: int | None, n: int, model: ModelSpec) -> tuple[int | None, ...]
     return tuple(min(seed + i, MAX_SEED) for i in range(n))
 
 
-def _guidance(value: Any, model: ModelSpec) -> float | None:
-    if value is None:
-        return None
-    guidance = _number(value, "guidance")
-    bounds = model.guidance_range
-    if bounds is None:
-        raise invalid(f"{model.short_name} takes no guidance", param="guidance")
-    if guidance not in bounds:
+def _check_image_count(pending: list[PendingImage], model: ModelSpec) -> None:
+    if pending and not model.takes_references:
+        raise invalid(f"{model.short_name} takes no reference images", param=pending[0].param)
+    if len(pending) > model.max_references:
         raise invalid(
-            f"guidance must be between {bounds.minimum} and {bounds.maximum} for "
-            f"{model.short_name}",
-            param="guidance",
+            f"{model.short_name} takes at most {model.max_references} images; got {len(pending)}",
+            param=pending[model.max_references].param,
         )
-    return guidance
 
 
-def _negative_prompt(value: Any, model: ModelSpec, settings: Settings) -> str | None:
-    if value is None or value == "":
-        return None
-    if not model.takes_negative_prompt:
-        raise invalid(f"{model.short_name} takes no negative_prompt", param="negative_prompt")
-    if not isinstance(value, str):
-        raise invalid("negative_prompt must be a string", param="negative_prompt")
-    if len(value) > settings.max_prompt_chars:
-        raise invalid("negative_prompt is too long", param="negative_prompt")
-    return value
+# --- masks --------------------------------------------------------------------------------
+
+
+def _mask_model(named: ModelSpec, settings: Settings) -> ModelSpec:
+    """The model that does an edit with a mask: the named one if it takes masks, else
+    MASK_MODEL (and the response's `model` says so)."""
+    if named.takes_mask:
+        return named
+    fallback = find_model(settings.mask_model) if settings.mask_model.strip() else None
+    if fallback is None or not fallback.takes_mask:
+        hint = (
+            "; MASK_MODEL is not set"
+            if not settings.mask_model.strip()
+            else f"; MASK_MODEL {settings.mask_model[:100]!r} is not a served model that takes one"
+        )
+        raise invalid(
+            f"{named.short_name} does not take a mask{hint}. Describe the edit in the prompt "
+            "and pass the image as a reference",
+            param="mask",
+            code="unsupported_parameter",
+        )
+    return fallback
+
+
+async def _prepared_mask(
+    mask: PendingImage, pending: list[PendingImage], references: tuple[ReferenceImage, ...]
+) -> ReferenceImage:
+    first = references[0]
+    return await asyncio.to_thread(
+        _convert, mask.data, pending[0].data, (first.width, first.height)
+    )
+
+
+def _convert(mask: bytes, image: bytes, target: tuple[int, int]) -> ReferenceImage:
+    return convert_mask(mask, image_size=image_size(image), target=target)

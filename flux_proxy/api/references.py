@@ -1,6 +1,7 @@
 """Where reference images come from: seed-style files `input_image_0..3`, OpenAI's `image` /
-`image[]` files, and `images` data URLs in JSON (never fetched URLs). Each is size-checked here;
-decoding, checking and scaling happen in worker threads (`flux_proxy.images`).
+`image[]` files, and `images` data URLs in JSON (never fetched URLs); and an edit's `mask`
+(a file, or a data URL in JSON). Each is size-checked here; decoding, checking and scaling
+happen in worker threads (`flux_proxy.images`, `flux_proxy.masks`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flux_proxy.api.body import RawRequest, UploadedFile
+from flux_proxy.api.schemas import FILE_FIELDS
 from flux_proxy.errors import invalid, too_large
 from flux_proxy.images import prepare_reference
 from flux_proxy.job import ReferenceImage
@@ -39,7 +41,7 @@ def collect_images(raw: RawRequest, settings: Settings) -> list[PendingImage]:
             numbered.append((int(match.group(1)), pending))
         elif upload.field in _IMAGE_FIELDS:
             named.append(pending)
-        elif upload.field != "mask":
+        elif upload.field not in FILE_FIELDS:
             raise invalid(f"unexpected file field {upload.field[:50]!r}", param=upload.field[:50])
     for name, value in raw.fields.items():
         # The seed's names sent as text (a JSON body, or a form field that is not a file): a
@@ -55,6 +57,17 @@ def collect_images(raw: RawRequest, settings: Settings) -> list[PendingImage]:
         named.extend(_pending_data_url(item, param, settings) for item in items)
     numbered.sort(key=lambda pair: pair[0])
     return [pending for _, pending in numbered] + named
+
+
+def collect_mask(raw: RawRequest, settings: Settings) -> PendingImage | None:
+    """The edit's mask: one `mask` file, or a data URL in a JSON body's `mask`."""
+    masks = [_pending_file(upload, settings) for upload in raw.files if upload.field == "mask"]
+    value = raw.fields.get("mask")
+    if value is not None and value != "":
+        masks.append(_pending_data_url(value, "mask", settings))
+    if len(masks) > 1:
+        raise invalid("send at most one mask", param="mask")
+    return masks[0] if masks else None
 
 
 def _pending_file(upload: UploadedFile, settings: Settings) -> PendingImage:

@@ -16,16 +16,23 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from flux_proxy import __version__
+from flux_proxy.api import usage as usage_api
+from flux_proxy.api.batches import batch_routes
 from flux_proxy.api.body import read_request
+from flux_proxy.api.caller import caller_of
 from flux_proxy.api.disconnect import unless_disconnected
+from flux_proxy.api.files import file_routes
 from flux_proxy.api.generate import finish_all
-from flux_proxy.api.middleware import note
+from flux_proxy.api.jobs import job_routes, submit_image_job, wants_async
+from flux_proxy.api.middleware import note, optional_caller
 from flux_proxy.api.model_lookup import lookup_model
 from flux_proxy.api.parse import build_image_request
+from flux_proxy.api.pool_seam import ImagePool
 from flux_proxy.api.render import FILES_PATH, base_url_for, images_body, json_response
 from flux_proxy.api.stream import image_events, stream_response
+from flux_proxy.api.variations import VARIATIONS_PATH, build_variation_request
 from flux_proxy.api.work_options import work_headers, work_options
-from flux_proxy.clock import Clock
+from flux_proxy.clock import Clock, iso, next_utc_midnight
 from flux_proxy.errors import ApiError
 from flux_proxy.image_store import ImageStore
 from flux_proxy.logs import log_event
@@ -45,10 +52,14 @@ class Services:
     settings: Settings
     clock: Clock
     store: StateStore
-    pool: Any  # AccountPool, or a stand-in with the same methods
+    pool: ImagePool
     images: ImageStore
     metrics: Metrics
+    jobs: Any = None  # JobService (work/jobs.py), started by the app's lifespan
     work: Any = None  # flux_proxy.work.ImageWork: the one path from every entry point to the pool
+    keys: Any = None  # KeyRing: who may call (flux_proxy/keys/ring.py)
+    quota: Any = None  # KeyQuota: per-key quotas and usage rows (flux_proxy/keys/quota.py)
+    batches: Any = None  # BatchParts (work/batch_service.py): the Files and Batch services
 
 
 def services(request: Request) -> Services:
@@ -66,7 +77,11 @@ async def edits(request: Request) -> Response:
     return await _images(request, edit=True)
 
 
-async def _images(request: Request, *, edit: bool) -> Response:
+async def variations(request: Request) -> Response:
+    return await _images(request, edit=True, build=build_variation_request)
+
+
+async def _images(request: Request, *, edit: bool, build=build_image_request) -> Response:
     svc = services(request)
     settings = svc.settings
     request_id = request.scope["state"]["request_id"]
@@ -76,15 +91,20 @@ async def _images(request: Request, *, edit: bool) -> Response:
         max_field_bytes=max(1024 * 1024, 4 * settings.max_prompt_chars),
         body_timeout=settings.body_read_timeout,
     )
-    image_request = await build_image_request(raw, settings, edit=edit)
+    image_request = await build(raw, settings, edit=edit)
     note(request.scope, model=image_request.job.model.short_name, n=image_request.n)
     if settings.log_prompts:
         log_event("prompt", request_id=request_id, prompt=image_request.prompt_text)
     options = work_options(request)
+    if wants_async(request):
+        return await submit_image_job(request, raw, image_request, options, edit=edit, build=build)
 
     if image_request.stream:
         # From here on the answer is a 200 event stream; failures become error events.
         note(request.scope, stream=True)
+        # The key's model list and quota, checked while a 403 or 429 can still be the answer;
+        # the work layer holds the quota itself (a race past this check is an error event).
+        await svc.quota.check(caller_of(request.scope), image_request)
         events = image_events(
             svc,
             image_request,
@@ -130,6 +150,8 @@ async def _images(request: Request, *, edit: bool) -> Response:
 async def image_file(request: Request) -> Response:
     svc = services(request)
     found = await svc.images.get(request.path_params["name"])
+    if found is None and hasattr(request.app.state, "batches"):  # a batch answer's image
+        found = await request.app.state.batches.images.get(request.path_params["name"])
     if found is None:
         raise ApiError(404, "no such image, or it has expired", code="image_not_found")
     data, content_type = found
@@ -178,7 +200,10 @@ def model_entry(spec: ModelSpec) -> dict:
 
 async def list_models(request: Request) -> Response:
     default = find_model(services(request).settings.default_model)
-    data = [model_entry(spec) | {"default": spec is default} for spec in MODELS]
+    # A key limited to some models is shown those only.
+    caller = caller_of(request.scope)
+    usable = [spec for spec in MODELS if caller.may_use(spec.id)]
+    data = [model_entry(spec) | {"default": spec is default} for spec in usable]
     return json_response({"object": "list", "data": data})
 
 
@@ -208,12 +233,36 @@ async def health(request: Request) -> Response:
         "model": default.id if default else settings.default_model,
         "total_accounts": len(settings.accounts),
         "accounts_configured": [f"Account {a.number}" for a in settings.accounts],
+        **health_summary(accounts, svc.clock.now()),
         "accounts": accounts,
         "store": store,
     }
     if svc.work is not None:
         body["cache"] = await svc.work.cache.stats()
+    if svc.jobs is not None:
+        body["jobs"] = await svc.jobs.stats()
+    # Per-account detail (masked ids, budgets, errors) and the store's whereabouts are for
+    # admin keys; anyone else gets the summary: status, counts per state, the next reset.
+    caller = optional_caller(request.scope, svc.keys, enabled=not settings.no_auth)
+    if caller is None or not caller.is_admin:
+        del body["accounts"]
+        body["store"] = {k: store[k] for k in ("backend", "ok", "serving") if k in store}
     return json_response(body, 200 if status == "ok" else 503)
+
+
+def health_summary(accounts: list[dict], now: float) -> dict:
+    counts = dict.fromkeys(("available", "cooling", "parked", "disabled"), 0)
+    for entry in accounts:
+        counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+    serving = [e for e in accounts if e["state"] != "disabled"]
+    remaining = [e["neurons_remaining_today"] for e in serving]
+    return {
+        "counts": counts,
+        "neurons_remaining_today": (
+            None if any(r is None for r in remaining) else round(sum(remaining), 2)
+        ),
+        "next_reset": iso(next_utc_midnight(now)),
+    }
 
 
 def _availability(accounts: list[dict]) -> tuple[str, str | None]:
@@ -246,6 +295,18 @@ async def health_ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    svc = services(request)
+    if svc.settings.metrics_auth == "admin":
+        caller = optional_caller(request.scope, svc.keys, enabled=not svc.settings.no_auth)
+        if caller is None:
+            raise ApiError(
+                401,
+                "METRICS_AUTH=admin: send 'Authorization: Bearer <admin key>'",
+                code="invalid_api_key",
+                headers={"www-authenticate": "Bearer"},
+            )
+        if not caller.is_admin:
+            raise ApiError(403, "/metrics needs an admin key", code="admin_key_required")
     # Reading the pool refreshes the account-state gauges from the (possibly shared) store,
     # so a freshly restarted replica shows what it inherited before its first request.
     await services(request).pool.snapshot()
@@ -266,15 +327,20 @@ async def index(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [
+        *file_routes(),
+        *batch_routes(),
         Route("/v1/images/generations", generations, methods=["POST"]),
         Route("/v1/images/edits", edits, methods=["POST"]),
+        Route(VARIATIONS_PATH, variations, methods=["POST"]),
         Route(FILES_PATH + "{name}", image_file, methods=["GET", "HEAD"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        *usage_api.routes(),
         Route("/health", health, methods=["GET"]),
         Route("/health/live", health_live, methods=["GET"]),
         Route("/health/ready", health_ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/", index, methods=["GET", "HEAD"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+        *job_routes(),
     ]

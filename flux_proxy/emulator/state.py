@@ -44,8 +44,8 @@ class Emulator:
         self.latency = latency
         self.max_body_bytes = max_body_bytes
         self._initial = {"latency": latency, "daily_neurons": daily_neurons}
-        self.on_reset: list[Callable[[], None]] = []  # what other parts remember (catalogue)
         self._unfinished: set[asyncio.Task] = set()  # calls still running, caller or not
+        self.on_reset: list[Callable[[], None]] = []  # what other parts remember (catalogue)
 
     def track(self, call: asyncio.Task) -> None:
         """Keep a running call (it finishes and bills even after its client left) until it

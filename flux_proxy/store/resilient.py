@@ -22,8 +22,19 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flux_proxy.clock import Clock
+from flux_proxy.errors import ApiError
 from flux_proxy.logs import log_event
-from flux_proxy.store.base import Block, Reservation, Usage
+from flux_proxy.store.base import (
+    Block,
+    JobRecord,
+    KeyReservation,
+    KeyUsage,
+    LineClaim,
+    Reservation,
+    StoreUnavailable,
+    Usage,
+    UsageRow,
+)
 from flux_proxy.store.memory import MemoryStore
 from flux_proxy.store.redis import RedisStore
 
@@ -66,6 +77,8 @@ class ResilientStore:
         self._outage_blocks: dict[str, Block | None] = {}  # None: cleared
         self._outage_spend: dict[tuple[str, str], float] = {}
         self._outage_blobs: dict[str, float] = {}  # key -> expires_at
+        self._local_key_holds: set[str] = set()
+        self._outage_usage: list[tuple[list[UsageRow], int]] = []  # (rows, keep_days)
 
     @property
     def degraded(self) -> bool:
@@ -117,9 +130,17 @@ class ResilientStore:
 
     async def _resync(self) -> dict[str, int]:
         """Push what was learned during the outage; each item leaves the queue only once sent."""
-        pushed = {"blocks": 0, "spend_entries": 0, "blobs": 0}
-        while self._outage_blocks or self._outage_spend or self._outage_blobs:
-            if self._outage_blocks:
+        pushed = {"blocks": 0, "spend_entries": 0, "blobs": 0, "usage_entries": 0}
+        while self._outage_blocks or self._outage_spend or self._outage_blobs or self._outage_usage:
+            if self._outage_usage:
+                rows, keep_days = self._outage_usage.pop()
+                try:
+                    await self.primary.record_usage(rows, keep_days)
+                except BaseException:
+                    self._outage_usage.append((rows, keep_days))
+                    raise
+                pushed["usage_entries"] += 1
+            elif self._outage_blocks:
                 account, block = self._outage_blocks.popitem()
                 try:
                     if block is None:
@@ -265,6 +286,77 @@ class ResilientStore:
         # Not in Redis (or Redis away): it may have been stored here during an outage.
         return await self.fallback.get_blob(key)
 
+    # --- key quotas and usage ---------------------------------------------------------------
+    # While Redis answers it holds the quotas and rows, and what this replica adds is mirrored
+    # locally. During an outage each replica enforces quotas on what it knows itself (its own
+    # mirror), so replicas together may pass a limit by what the others served meanwhile; the
+    # rows it adds are pushed to Redis when it returns, so usage history loses nothing.
+    async def try_reserve_key(
+        self,
+        key: str,
+        day: str,
+        images: int,
+        neurons: float,
+        max_images: int | None,
+        max_neurons: float | None,
+        ttl: float,
+    ) -> KeyReservation | None:
+        ok, hold = await self._on_primary(
+            lambda: self.primary.try_reserve_key(
+                key, day, images, neurons, max_images, max_neurons, ttl
+            )
+        )
+        if ok:
+            return hold
+        hold = await self.fallback.try_reserve_key(
+            key, day, images, neurons, max_images, max_neurons, ttl
+        )
+        if hold is not None:
+            self._local_key_holds.add(hold.id)
+        return hold
+
+    async def settle_key(
+        self, reservation: KeyReservation, rows: list[UsageRow], keep_days: int
+    ) -> None:
+        if reservation.id in self._local_key_holds:
+            self._local_key_holds.discard(reservation.id)
+            await self.fallback.settle_key(reservation, rows, keep_days)
+            self._outage_usage.append((rows, keep_days))
+            return
+        ok, _ = await self._on_primary(
+            lambda: self.primary.settle_key(reservation, rows, keep_days)
+        )
+        await self.fallback.record_usage(rows, keep_days)
+        if not ok:  # the hold in Redis lapses by its ttl
+            self._outage_usage.append((rows, keep_days))
+
+    async def release_key(self, reservation: KeyReservation) -> None:
+        if reservation.id in self._local_key_holds:
+            self._local_key_holds.discard(reservation.id)
+            await self.fallback.release_key(reservation)
+            return
+        await self._on_primary(lambda: self.primary.release_key(reservation))
+
+    async def record_usage(self, rows: list[UsageRow], keep_days: int) -> None:
+        await self.fallback.record_usage(rows, keep_days)
+        ok, _ = await self._on_primary(lambda: self.primary.record_usage(rows, keep_days))
+        if not ok:
+            self._outage_usage.append((rows, keep_days))
+
+    async def key_usage(self, key: str, day: str) -> KeyUsage:
+        ok, seen = await self._on_primary(lambda: self.primary.key_usage(key, day))
+        if ok and seen is not None:
+            return seen
+        return await self.fallback.key_usage(key, day)
+
+    async def usage_rows(
+        self, first_day: str, last_day: str, key: str | None = None
+    ) -> list[UsageRow]:
+        ok, rows = await self._on_primary(lambda: self.primary.usage_rows(first_day, last_day, key))
+        if ok and rows is not None:
+            return rows
+        return await self.fallback.usage_rows(first_day, last_day, key)
+
     # --- work ---
     # Markers, results and cache entries go to Redis while it answers and to the local store
     # while it does not. Nothing of them is pushed back on recovery: a marker or a kept result
@@ -318,6 +410,29 @@ class ResilientStore:
             return stats
         return await self.fallback.cache_stats()
 
+    # --- jobs ---
+    # Jobs live in Redis only: one kept in this replica's memory would be invisible to the
+    # others and gone with a restart, which is what a durable job promises not to be. While
+    # Redis is away, job calls fail with a 503 (a caller can still make images synchronously).
+    async def _jobs_on_primary(self, call: Callable[[], Awaitable[T]]) -> T:
+        ok, result = await self._on_primary(call)
+        if not ok:
+            raise ApiError(
+                503,
+                "async jobs are unavailable while the shared state store is unreachable",
+                code="job_store_unavailable",
+            )
+        return result  # type: ignore[return-value]
+
+    async def put_job(self, job: JobRecord, ttl: float) -> None:
+        await self._jobs_on_primary(lambda: self.primary.put_job(job, ttl))
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        return await self._jobs_on_primary(lambda: self.primary.get_job(job_id))
+
+    async def swap_job(self, job: JobRecord, expect: frozenset[str], ttl: float) -> bool:
+        return bool(await self._jobs_on_primary(lambda: self.primary.swap_job(job, expect, ttl)))
+
     # --- health -----------------------------------------------------------------------------
     async def status(self) -> dict:
         ok, _ = await self._on_primary(self.primary.ping)
@@ -325,3 +440,55 @@ class ResilientStore:
             # Still serving: readiness must not take every replica out during an outage.
             return {"backend": self.name, "ok": False, "serving": True, "detail": DEGRADED_DETAIL}
         return {"backend": self.name, "ok": True, "detail": self.primary.detail}
+
+    # --- batches and files (issue 10) ---------------------------------------------------------
+    # A batch queue and its documents are shared by every replica; a local copy would let two
+    # replicas run the same line or lose a result. So these go to Redis only, and while Redis
+    # is away they raise StoreUnavailable: the Files/Batch API answers 503 and batch runners
+    # pause, then carry on where the shared state says when Redis returns.
+
+    async def _shared(self, call: Callable[[], Awaitable[T]]) -> T:
+        ok, result = await self._on_primary(call)
+        if not ok:
+            raise StoreUnavailable("the shared state (Redis) is unreachable")
+        return result  # type: ignore[return-value]
+
+    async def put_doc(self, kind: str, doc_id: str, doc: dict) -> None:
+        await self._shared(lambda: self.primary.put_doc(kind, doc_id, doc))
+
+    async def get_doc(self, kind: str, doc_id: str) -> dict | None:
+        return await self._shared(lambda: self.primary.get_doc(kind, doc_id))
+
+    async def list_docs(self, kind: str) -> list[dict]:
+        return await self._shared(lambda: self.primary.list_docs(kind))
+
+    async def patch_doc(
+        self, kind: str, doc_id: str, changes: dict, when: dict | None = None
+    ) -> dict | None:
+        return await self._shared(lambda: self.primary.patch_doc(kind, doc_id, changes, when))
+
+    async def delete_doc(self, kind: str, doc_id: str) -> bool:
+        return await self._shared(lambda: self.primary.delete_doc(kind, doc_id))
+
+    async def add_lines(self, batch: str, payloads: list[str], ttl: float) -> None:
+        await self._shared(lambda: self.primary.add_lines(batch, payloads, ttl))
+
+    async def claim_line(self, batch: str, worker: str, lease: float) -> LineClaim | None:
+        return await self._shared(lambda: self.primary.claim_line(batch, worker, lease))
+
+    async def release_line(self, claim: LineClaim) -> None:
+        await self._shared(lambda: self.primary.release_line(claim))
+
+    async def finish_line(
+        self, claim: LineClaim, outcome: str, result: str, neurons: float = 0.0
+    ) -> dict | None:
+        return await self._shared(lambda: self.primary.finish_line(claim, outcome, result, neurons))
+
+    async def line_counts(self, batch: str) -> dict:
+        return await self._shared(lambda: self.primary.line_counts(batch))
+
+    async def line_results(self, batch: str) -> list[tuple[int, str, str]]:
+        return await self._shared(lambda: self.primary.line_results(batch))
+
+    async def drop_lines(self, batch: str) -> None:
+        await self._shared(lambda: self.primary.drop_lines(batch))

@@ -85,9 +85,12 @@ class ImageWork:
         store: StateStore,
         clock: Clock,
         metrics: Metrics,
+        quota: Any = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
+        # teams: per-key quotas (flux_proxy/keys/quota.py), held for new work only.
+        self.quota = quota
         self.clock = clock
         self.metrics = metrics
         # Who holds a marker: this process, for as long as it runs.
@@ -193,6 +196,13 @@ class ImageWork:
     async def _make(
         self, work: _Request, on_image: OnImage | None, *, claimed: str | None
     ) -> WorkResult:
+        # The key's model list and daily quota, held before any upstream call (403 / 429).
+        try:
+            hold = await self.quota.reserve(work.caller, work.request) if self.quota else None
+        except BaseException:
+            if claimed is not None:  # refused: the Idempotency-Key is free for a later try
+                await asyncio.shield(self.repeats.release(claimed, work.fingerprint.request))
+            raise
         jobs = work.request.jobs()
         progress = [CallProgress() for _ in jobs]
         tasks = [
@@ -206,9 +216,11 @@ class ImageWork:
         try:
             await asyncio.wait(tasks)
         except asyncio.CancelledError:
-            self._abandon(work, tasks, progress, claimed, result_id, created)
+            self._abandon(work, tasks, progress, claimed, result_id, created, hold)
             raise
         result = self._assemble(work, tasks, result_id, created)
+        if hold is not None:
+            await asyncio.shield(hold.settle(result.images))
         if claimed is not None:
             # Shielded: a caller leaving now must not lose what is already made.
             await asyncio.shield(self._keep_and_release(work, result, [claimed], claimed))
@@ -306,6 +318,7 @@ class ImageWork:
         claimed: str | None,
         result_id: str,
         created: int,
+        hold: Any = None,
     ) -> None:
         """Cancel the images no call was sent for; let the sent ones finish, and keep their
         result under the caller's retry key (and the Idempotency-Key, if any)."""
@@ -323,11 +336,15 @@ class ImageWork:
         if not running and not made_before:
             if claimed is not None:
                 self._spawn(self.repeats.release(claimed, work.fingerprint.request))
+            if hold is not None:
+                self._spawn(hold.finish())
             return
         retry_key = retry_store_key(work.caller, work.fingerprint.request)
         self.repeats.hold_locally(retry_key)  # a retry here waits from this very moment
         self._spawn(
-            self._finish_abandoned(work, tasks, running, claimed, retry_key, result_id, created)
+            self._finish_abandoned(
+                work, tasks, running, claimed, retry_key, result_id, created, hold
+            )
         )
 
     async def _finish_abandoned(
@@ -339,6 +356,7 @@ class ImageWork:
         retry_key: str,
         result_id: str,
         created: int,
+        hold: Any = None,
     ) -> None:
         fingerprint = work.fingerprint.request
         keys = [retry_key] + ([claimed] if claimed else [])
@@ -351,6 +369,8 @@ class ImageWork:
                     self.metrics.finished_after_hangup, work.request.job.model.short_name
                 ).inc(finished)
             result = self._assemble(work, tasks, result_id, created)
+            if hold is not None:
+                await hold.settle(result.images)
             if result.images:
                 await self.repeats.keep(keys, fingerprint, result)
                 self.metrics.results_kept.inc()
@@ -361,6 +381,9 @@ class ImageWork:
                     ttl=self.settings.result_ttl_seconds,
                 )
         finally:
+            if hold is not None:
+                with contextlib.suppress(Exception):
+                    await hold.finish()  # nothing to do if settled above
             for key in keys:
                 with contextlib.suppress(Exception):
                     await self.repeats.release(key, fingerprint)

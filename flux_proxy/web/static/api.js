@@ -65,14 +65,17 @@ function failureFrom(response, body) {
   });
 }
 
-async function request(path, { method = "GET", json, signal, auth = true } = {}) {
-  const headers = { Accept: "application/json" };
+/** `form` (a FormData) goes as multipart; `as: "text" | "blob"` reads a body that is not JSON. */
+async function request(path, { method = "GET", json, form, signal, auth = true, as = "json" } = {}) {
+  const headers = { Accept: as === "json" ? "application/json" : "*/*" };
   const key = apiKey.get();
   if (auth && key) headers.Authorization = `Bearer ${key}`;
   let body;
   if (json !== undefined) {
     headers["Content-Type"] = "application/json";
     body = JSON.stringify(json);
+  } else if (form !== undefined) {
+    body = form; // the browser writes the multipart boundary into Content-Type itself
   }
   let response;
   try {
@@ -81,15 +84,20 @@ async function request(path, { method = "GET", json, signal, auth = true } = {})
     if (error && error.name === "AbortError") throw error;
     throw new ApiFailure("Could not reach the proxy. Is it running, and is the network up?", { status: 0 });
   }
+  if (as !== "json" && response.ok) return as === "blob" ? response.blob() : response.text();
   const data = await readJson(response);
   if (!response.ok) throw failureFrom(response, data);
   if (data === null) throw new ApiFailure("The proxy sent an answer that is not JSON.", { status: response.status });
   return data;
 }
 
-/** /health answers 503 with the same body when nothing can serve: both are a status to show. */
+/** /health answers 503 with the same body when nothing can serve: both are a status to show.
+ * The key goes along: an admin key sees each account, others only the summary. */
 export async function getHealth() {
-  const response = await fetch("/health", { headers: { Accept: "application/json" }, cache: "no-store" });
+  const headers = { Accept: "application/json" };
+  const key = apiKey.get();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  const response = await fetch("/health", { headers, cache: "no-store" });
   const data = await readJson(response);
   if (!data) throw new ApiFailure(`/health answered ${response.status}`, { status: response.status });
   return data;
@@ -102,6 +110,63 @@ export async function listModels() {
 
 export function generateImages(payload, signal) {
   return request("/v1/images/generations", { method: "POST", json: payload, signal });
+}
+
+// --- Files and Batch API (OpenAI's shapes, plus the proxy's estimate) -----------------------
+
+export function uploadBatchFile(text, filename) {
+  const form = new FormData();
+  form.append("purpose", "batch");
+  form.append("file", new Blob([text], { type: "application/jsonl" }), filename);
+  return request("/v1/files", { method: "POST", form });
+}
+
+export function estimateBatch(endpoint, bodies, signal) {
+  return request("/v1/batches/estimate", { method: "POST", json: { endpoint, bodies }, signal });
+}
+
+export function createBatch(fields) {
+  return request("/v1/batches", { method: "POST", json: fields });
+}
+
+export async function listBatches(limit = 20) {
+  const body = await request(`/v1/batches?limit=${limit}`);
+  return Array.isArray(body.data) ? body.data : [];
+}
+
+export function getBatch(id) {
+  return request(`/v1/batches/${encodeURIComponent(id)}`);
+}
+
+export function cancelBatch(id) {
+  return request(`/v1/batches/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+}
+
+export function fileText(id) {
+  return request(`/v1/files/${encodeURIComponent(id)}/content`, { as: "text" });
+}
+
+/** An image a batch line answered with a URL (the proxy's own, which needs no key). */
+export async function fetchImageBytes(url) {
+  let response;
+  try {
+    response = await fetch(url, { cache: "no-store" });
+  } catch {
+    throw new ApiFailure(`Could not download ${url}.`, { status: 0 });
+  }
+  if (!response.ok) throw new ApiFailure(`Downloading an image answered ${response.status}.`, { status: response.status });
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+// --- usage ------------------------------------------------------------------------------------
+
+export function getUsage({ start, end, groupBy }) {
+  const query = new URLSearchParams({ start, end, group_by: groupBy });
+  return request(`/v1/usage?${query}`);
+}
+
+export function getQuota() {
+  return request("/v1/usage/quota");
 }
 
 /** A sentence a person can act on, for any failure the page shows. */

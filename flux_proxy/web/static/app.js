@@ -10,6 +10,9 @@ import { ReferenceTray } from "./references.js";
 import { ResultView } from "./results.js";
 import { StatusBar } from "./status.js";
 import { base64ToBlob, extensionFor, formatSeconds, scaleImage, toast } from "./util.js";
+import { BatchesView } from "./batches.js";
+import { UsageView } from "./usage.js";
+import { ViewSwitch } from "./views.js";
 
 const $ = (selector) => document.querySelector(selector);
 const HEALTH_EVERY_MS = 15000;
@@ -49,6 +52,10 @@ const results = new ResultView($(".stage"), {
   onReuse: (record) => reuseSettings(record),
 });
 
+const batches = new BatchesView($("#view-batches"));
+const usage = new UsageView($("#view-usage"));
+const views = new ViewSwitch({ batches, usage });
+
 const historyStore = new HistoryStore();
 const history = new HistoryView($("#history"), historyStore, {
   onOpen: (record) => {
@@ -83,10 +90,12 @@ async function loadModels() {
     const models = await listModels();
     if (!models.length) throw new ApiFailure("The proxy lists no models.");
     controls.setModels(models, state.defaultModel);
+    batches.setModels(models, state.defaultModel);
     state.modelsLoaded = true;
     state.modelsProblem = null;
     keyDialog.setState(apiKey.get() ? "ok" : "none-needed");
     syncControls();
+    if (views.name !== "generate") views.views[views.name]?.show?.(); // now with the key
   } catch (error) {
     state.modelsLoaded = false;
     if (error instanceof ApiFailure && error.isAuth) {
@@ -135,7 +144,7 @@ $("#generate-form").addEventListener("submit", (event) => {
 });
 
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !keyDialog.isOpen) {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !keyDialog.isOpen && views.name === "generate") {
     event.preventDefault();
     generate();
   }
@@ -273,7 +282,7 @@ function setBusy(busy) {
   $("#generate").hidden = busy;
   $("#cancel").hidden = !busy;
   $("#generate-form").setAttribute("aria-busy", String(busy));
-  document.title = busy ? "Generating… · flux-proxy" : "flux-proxy";
+  if (views.name === "generate") document.title = busy ? "Generating… · flux-proxy" : "flux-proxy";
   if (busy) $("#cancel").focus();
   else if (document.activeElement === $("#cancel") || document.activeElement === document.body) $("#generate").focus();
   updateGenerateButton();
@@ -375,6 +384,7 @@ function reuseSettings(record) {
 
 async function start() {
   keyDialog.setState(apiKey.get() ? "ok" : "missing");
+  views.apply();
   await refreshHealth();
   setInterval(() => document.visibilityState === "visible" && !state.busy && refreshHealth(), HEALTH_EVERY_MS);
   document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && refreshHealth());

@@ -21,6 +21,12 @@ export function summariseHealth(health) {
     if (account.neurons_remaining_today === null || account.neurons_remaining_today === undefined) unlimited = true;
     else remaining += Number(account.neurons_remaining_today) || 0;
   }
+  // Without an admin key /health has no per-account list, only its summary.
+  if (!Array.isArray(health.accounts) && health.counts && typeof health.counts === "object") {
+    for (const state of STATES) counts[state] = Number(health.counts[state]) || 0;
+    remaining = health.neurons_remaining_today;
+    unlimited = remaining === null || remaining === undefined;
+  }
   return {
     counts,
     remaining: unlimited ? null : remaining,

@@ -1,0 +1,124 @@
+"""The Files API, as the openai SDK's `client.files` calls it: upload (multipart `file` and
+`purpose`), list, retrieve, content, delete. Each handler only translates the wire format;
+`flux_proxy.work.files.FileStore` keeps the files."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from flux_proxy.api.body import read_request
+from flux_proxy.api.caller import caller_of
+from flux_proxy.api.render import json_response
+from flux_proxy.errors import invalid
+from flux_proxy.work.batch_service import BatchParts
+from flux_proxy.work.files import public
+
+MAX_LIST = 10_000  # OpenAI's page limit for files
+
+
+def parts(request: Request) -> BatchParts:
+    return request.app.state.batches
+
+
+def page(data: list[dict], has_more: bool) -> dict:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def list_limit(request: Request, default: int, maximum: int) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise invalid("limit must be an integer", param="limit") from None
+    if not 1 <= limit <= maximum:
+        raise invalid(f"limit must be between 1 and {maximum}", param="limit")
+    return limit
+
+
+async def upload(request: Request) -> Response:
+    settings = request.app.state.services.settings
+    raw = await read_request(
+        request,
+        max_body_bytes=settings.files_max_bytes + 64 * 1024,
+        max_field_bytes=64 * 1024,
+        body_timeout=max(settings.body_read_timeout, 600.0),  # 200 MB take a while
+    )
+    purpose = raw.fields.get("purpose")
+    if not isinstance(purpose, str) or not purpose:
+        raise invalid("purpose is required", param="purpose", code="missing_required_parameter")
+    uploads = [f for f in raw.files if f.field == "file"]
+    if len(uploads) != 1:
+        raise invalid(
+            "send exactly one file, in the multipart field 'file'",
+            param="file",
+            code="missing_required_parameter",
+        )
+    upload = uploads[0]
+    doc = await parts(request).files.upload(
+        caller_of(request.scope).name, upload.filename or "file", purpose, upload.data
+    )
+    return json_response(public(doc))
+
+
+async def list_files(request: Request) -> Response:
+    query = request.query_params
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise invalid("order must be 'asc' or 'desc'", param="order")
+    docs, has_more = await parts(request).files.list(
+        caller_of(request.scope),
+        purpose=query.get("purpose") or None,
+        limit=list_limit(request, MAX_LIST, MAX_LIST),
+        after=query.get("after") or None,
+        order=order,
+    )
+    return json_response(page([public(d) for d in docs], has_more))
+
+
+async def retrieve(request: Request) -> Response:
+    doc = await parts(request).files.get(request.path_params["file_id"], caller_of(request.scope))
+    return json_response(public(doc))
+
+
+async def content(request: Request) -> Response:
+    data, doc = await parts(request).files.content(
+        request.path_params["file_id"], caller_of(request.scope)
+    )
+    return Response(
+        data,
+        media_type=doc["content_type"],
+        headers={
+            "content-disposition": f'attachment; filename="{_safe(doc["filename"])}"',
+            "x-content-type-options": "nosniff",
+        },
+    )
+
+
+async def delete(request: Request) -> Response:
+    file_id = request.path_params["file_id"]
+    await parts(request).files.delete(file_id, caller_of(request.scope))
+    return json_response({"id": file_id, "object": "file", "deleted": True})
+
+
+def _safe(filename: str) -> str:
+    return "".join(c for c in filename if c.isalnum() or c in "._- ")[:100] or "file"
+
+
+def file_routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/files", upload, methods=["POST"]),
+        Route("/v1/files", list_files, methods=["GET"]),
+        Route("/v1/files/{file_id}", retrieve, methods=["GET"]),
+        Route("/v1/files/{file_id}", delete, methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", content, methods=["GET"]),
+    ]

@@ -1,0 +1,69 @@
+"""`flux-proxy keys new NAME [--role user] [--daily-images N] [--daily-neurons N]
+[--model M ...]`: a fresh random key, printed once, and the `[[keys]]` block to paste into
+API_KEYS_FILE, which holds only the key's SHA-256."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import secrets
+import sys
+
+from flux_proxy.keys.keyfile import NAME, RESERVED_NAME
+
+KEY_PREFIX = "fpx-"  # recognisable in a leaked-secret scan
+
+
+def _non_negative(kind: type):
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError("must be 0 or more")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="keys_action", metavar="ACTION", required=True)
+    new = actions.add_parser("new", help="make a new key and print its [[keys]] block")
+    new.add_argument("name", help="the key's name: in logs, metrics and usage, never secret")
+    new.add_argument("--role", choices=["user", "admin"], default="user")
+    new.add_argument("--daily-images", type=_non_negative(int), default=None)
+    new.add_argument("--daily-neurons", type=_non_negative(float), default=None)
+    new.add_argument(
+        "--model", action="append", dest="models", default=None, help="allowed model (repeat)"
+    )
+
+
+def toml_block(name: str, digest: str, args: argparse.Namespace) -> str:
+    lines = ["[[keys]]", f"name = {json.dumps(name)}", f'key_sha256 = "{digest}"']
+    lines.append(f"role = {json.dumps(args.role)}")
+    if args.daily_images is not None:
+        lines.append(f"daily_images = {args.daily_images}")
+    if args.daily_neurons is not None:
+        neurons = args.daily_neurons
+        lines.append(f"daily_neurons = {int(neurons) if neurons.is_integer() else neurons}")
+    if args.models:
+        lines.append(f"models = {json.dumps(args.models)}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    name = args.name
+    if not NAME.match(name) or RESERVED_NAME.match(name):
+        print(
+            f"flux-proxy keys new: {name!r} cannot be a key's name: use 1-64 letters, digits, "
+            "'.', '_' or '-' (not master, master-N or anonymous)",
+            file=sys.stderr,
+        )
+        return 2
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    print(f"# The key for {name!r}, shown this once (only its hash is kept):")
+    print(key)
+    print()
+    print("# Add this to API_KEYS_FILE; the proxy picks it up without a restart:")
+    print(toml_block(name, digest, args))
+    return 0

@@ -1,0 +1,251 @@
+"""Creating, reading, listing and cancelling batches: what the Batch API's handlers call.
+
+Reads merge the live counters (`line_counts`) and a fresh completion estimate into the stored
+document, so `batches.retrieve` shows progress as it happens on any replica.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from flux_proxy.api.caller import Caller
+from flux_proxy.clock import Clock
+from flux_proxy.errors import ApiError, invalid
+from flux_proxy.image_store import ImageStore
+from flux_proxy.settings import Settings
+from flux_proxy.work.batch_runner import BatchRunner, LinePool
+from flux_proxy.work.batches import (
+    ACTIVE,
+    ACTIVE_KIND,
+    BATCH_KIND,
+    ENDPOINTS,
+    account_rooms,
+    check_input,
+    estimate_completion,
+    finished_lines,
+    new_batch_id,
+    public_batch,
+    unsupported_endpoint,
+    window_seconds,
+)
+from flux_proxy.work.file_blobs import DiskBlobs
+from flux_proxy.work.files import FileStore, sort_key
+from flux_proxy.work.produce import ImageWork
+
+
+def not_found(batch_id: str) -> ApiError:
+    return ApiError(
+        404, f"No such Batch object: {batch_id[:80]}", param="batch_id", code="not_found"
+    )
+
+
+class BatchService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        clock: Clock,
+        store: Any,
+        pool: Any,
+        files: FileStore,
+        runner: BatchRunner,
+    ) -> None:
+        self.settings, self.clock, self.store, self.pool = settings, clock, store, pool
+        self.files, self.runner = files, runner
+
+    async def create(self, caller: Caller, body: dict, base_url: str) -> dict:
+        endpoint = body.get("endpoint")
+        if endpoint not in ENDPOINTS:
+            raise unsupported_endpoint(endpoint)
+        window = window_seconds(body.get("completion_window", "24h"))
+        metadata = _metadata(body.get("metadata"))
+        file_id = body.get("input_file_id")
+        if not isinstance(file_id, str) or not file_id:
+            raise invalid("input_file_id is required", param="input_file_id")
+        data, file_doc = await self.files.content(file_id, caller)
+        if file_doc["purpose"] != "batch":
+            raise invalid(
+                f"file {file_id[:80]} has purpose {file_doc['purpose']!r}, not 'batch'",
+                param="input_file_id",
+            )
+        checked = await check_input(data, endpoint, self.settings, self.files, caller)
+        now = self.clock.now()
+        batch_id = new_batch_id()
+        total = len(checked.payloads) + len(checked.errors)
+        doc: dict = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": endpoint,
+            "model": None,
+            "input_file_id": file_id,
+            "completion_window": body.get("completion_window", "24h"),
+            "status": "in_progress",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(now),
+            "in_progress_at": None,
+            "expires_at": int(now + window),
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": total, "completed": 0, "failed": 0},
+            "errors": None,
+            "metadata": metadata,
+            "usage": None,
+            # Extensions (documented in the README).
+            "estimated_neurons": round(sum(checked.neurons), 2),
+            "estimated_completion_at": None,
+            "neurons_used": 0.0,
+            # The proxy's own.
+            "owner": caller.name,
+            "base_url": base_url,
+            "line_neurons": sum(checked.neurons) / len(checked.neurons) if checked.neurons else 0,
+            "typical_seconds": checked.typical_seconds,
+            "sort_key": sort_key(now),
+        }
+        if checked.errors:
+            # One bad line fails the whole batch before anything is queued: nothing is spent.
+            doc |= {
+                "status": "failed",
+                "failed_at": int(now),
+                "errors": {"object": "list", "data": checked.errors},
+            }
+            await self.store.put_doc(BATCH_KIND, batch_id, doc)
+            return public_batch(doc)
+        doc["in_progress_at"] = int(now)
+        models = {_model_of(p) for p in checked.payloads}
+        doc["model"] = models.pop() if len(models) == 1 else None
+        # Lines first, then the document: a runner never sees a batch without its lines.
+        await self.store.add_lines(
+            batch_id, checked.payloads, window + self.settings.batch_output_ttl
+        )
+        await self.store.put_doc(BATCH_KIND, batch_id, doc)
+        await self.store.put_doc(ACTIVE_KIND, batch_id, {"id": batch_id})
+        self.runner.wake()
+        return await self._render(doc)
+
+    async def get(self, caller: Caller, batch_id: str) -> dict:
+        return await self._render(await self._owned(caller, batch_id))
+
+    async def list(self, caller: Caller, *, limit: int, after: str | None) -> tuple[list, bool]:
+        docs = [d for d in await self.store.list_docs(BATCH_KIND) if caller.owns(d["owner"])]
+        docs.sort(key=lambda d: (d.get("sort_key") or [d["created_at"]], d["id"]), reverse=True)
+        if after is not None:
+            ids = [d["id"] for d in docs]
+            docs = docs[ids.index(after) + 1 :] if after in ids else []
+        return [await self._render(d) for d in docs[:limit]], len(docs) > limit
+
+    async def cancel(self, caller: Caller, batch_id: str) -> dict:
+        await self._owned(caller, batch_id)
+        now = int(self.clock.now())
+        doc = await self.store.patch_doc(
+            BATCH_KIND,
+            batch_id,
+            {"status": "cancelling", "cancelling_at": now},
+            when={"status": ["validating", "in_progress"]},
+        )
+        if doc is None:
+            doc = await self._owned(caller, batch_id)
+            if doc["status"] not in ("cancelling", "cancelled"):
+                raise ApiError(
+                    409,
+                    f"the batch is {doc['status']} and can no longer be cancelled",
+                    param="batch_id",
+                    code="batch_not_cancellable",
+                )
+        self.runner.wake()
+        return await self._render(doc)
+
+    async def _owned(self, caller: Caller, batch_id: str) -> dict:
+        doc = await self.store.get_doc(BATCH_KIND, batch_id)
+        if doc is None or not caller.owns(doc["owner"]):
+            raise not_found(batch_id)
+        return doc
+
+    async def _render(self, doc: dict) -> dict:
+        if doc["status"] not in ACTIVE:
+            return public_batch(doc)
+        counts = await self.store.line_counts(doc["id"])
+        body = public_batch(doc, counts)
+        if doc["status"] == "in_progress":
+            left = doc["request_counts"]["total"] - finished_lines(counts)
+            rooms = await account_rooms(self.pool, self.store, self.settings, self.clock)
+            at, _ = estimate_completion(
+                doc["line_neurons"],
+                left,
+                doc["typical_seconds"],
+                rooms,
+                self.settings,
+                self.clock.now(),
+            )
+            body["estimated_completion_at"] = None if at is None else int(at)
+        return body
+
+
+def _metadata(value: Any) -> dict | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or len(value) > 16
+        or not all(isinstance(k, str) and len(k) <= 64 for k in value)
+        or not all(isinstance(v, str) and len(v) <= 512 for v in value.values())
+    ):
+        raise invalid(
+            "metadata must be an object of at most 16 string values (keys up to 64 "
+            "characters, values up to 512)",
+            param="metadata",
+        )
+    return value
+
+
+def _model_of(payload: str) -> str | None:
+    body = orjson.loads(payload).get("body") or {}
+    model = body.get("model")
+    return model if isinstance(model, str) else None
+
+
+@dataclass
+class BatchParts:
+    """The Files and Batch APIs' long-lived objects, one set per app (`app.state.batches`)."""
+
+    files: FileStore
+    images: ImageStore  # the images batch answers link to (BATCH_OUTPUT_TTL)
+    runner: BatchRunner
+    service: BatchService
+
+
+def open_batches(services: Any) -> BatchParts:
+    """Build the parts over the app's settings, clock, state store and pool. Blobs live in
+    `DATA_DIR/files/`, which replicas sharing batches must share."""
+    settings, clock, store = services.settings, services.clock, services.store
+    blobs = DiskBlobs(Path(settings.data_dir) / "files", clock)
+    files = FileStore(store, blobs, clock, settings)
+    images = ImageStore(blobs, settings.batch_output_ttl)  # type: ignore[arg-type]
+    # The batch lines' own work layer, over the pool limited to the account each line was
+    # given (`LinePool`): the same repeats, kept results, seeded cache, key quotas and usage
+    # rows as live requests (a line over its key's quota goes back unrun, like a spent pool).
+    work = ImageWork(
+        settings, LinePool(services.pool), store, clock, services.metrics, quota=services.quota
+    )
+    runner = BatchRunner(
+        settings=settings,
+        clock=clock,
+        store=store,
+        pool=services.pool,
+        files=files,
+        images=images,
+        work=work,
+        metrics=services.metrics,
+    )
+    service = BatchService(
+        settings=settings, clock=clock, store=store, pool=services.pool, files=files, runner=runner
+    )
+    return BatchParts(files, images, runner, service)

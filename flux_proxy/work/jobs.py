@@ -1,0 +1,265 @@
+"""Durable single jobs: a request taken now and worked on in the background, which its owner
+collects later (async image jobs; batch lines can be fed through the same service).
+
+A job is a `JobRecord` in the state store plus one entry in the work queue (`work/queue.py`).
+The record says where the job is; the queue says who works on it. Every status change is a
+compare-and-set on the record, so:
+- a cancel and a worker racing for a queued job: exactly one wins;
+- a queue entry delivered twice (its first worker died): the second worker finds the record
+  `in_progress`, counts the call the dead worker may have sent as maybe-billed, and runs it
+  again; an entry whose job is already final is just acknowledged.
+
+API:
+
+    service = JobService(store, queue, clock, metrics, workers=4, lease=30, result_ttl=900)
+    service.register(kind, runner)        # runner(job) -> result bytes; raise ApiError to fail
+    await service.start() / await service.stop(grace)   # the app's lifespan does this
+    await service.submit(owner=, kind=, request=, meta=) -> JobRecord   (status "queued")
+    await service.get(job_id) -> JobRecord | None
+    await service.stats() -> {"ok", "backend", "pending", "workers"}   (for /health)
+    await service.cancel(job_id) -> JobRecord | None
+        None: unknown. A queued job becomes "cancelled" (cancelling one twice is fine);
+        any other raises ApiError 409 `job_not_cancellable` (its call may have been sent).
+
+Finished jobs (completed, failed, cancelled) are kept `result_ttl` seconds past completion;
+unfinished ones `OPEN_JOB_TTL` (a week) from their last change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from flux_proxy.clock import Clock
+from flux_proxy.errors import ApiError
+from flux_proxy.logs import log_event
+from flux_proxy.metrics import Metrics
+from flux_proxy.store.base import JobRecord, StateStore
+from flux_proxy.work.queue import Delivery, WorkQueue
+
+JobRunner = Callable[[JobRecord], Awaitable[bytes]]
+
+QUEUE_KIND = "jobs"  # the line single jobs wait in
+OPEN_JOB_TTL = 7 * 86400.0
+QUEUED = frozenset({"queued"})
+RUNNABLE = frozenset({"queued", "in_progress"})
+IN_PROGRESS = frozenset({"in_progress"})
+POLL_INTERVAL = 1.0  # how often an idle worker looks for entries other processes put
+BACKOFF = 2.0  # after the queue itself failed (Redis away)
+RECORD_ATTEMPTS = 5  # tries to record a finished job before leaving it to the lease
+
+
+def new_job_id() -> str:
+    return f"imgjob_{secrets.token_hex(16)}"
+
+
+class JobService:
+    def __init__(
+        self,
+        store: StateStore,
+        queue: WorkQueue,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        workers: int = 4,
+        lease: float = 30.0,
+        result_ttl: float = 900.0,
+        poll_interval: float = POLL_INTERVAL,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.clock = clock
+        self.metrics = metrics
+        self.workers = workers
+        self.lease = lease
+        self.result_ttl = result_ttl
+        self.poll_interval = poll_interval
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._runners: dict[str, JobRunner] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def register(self, kind: str, runner: JobRunner) -> None:
+        self._runners[kind] = runner
+
+    # --- what the API calls -----------------------------------------------------------------
+    async def submit(
+        self, *, owner: str, kind: str, request: bytes, meta: dict | None = None
+    ) -> JobRecord:
+        if kind not in self._runners:
+            raise ValueError(f"no runner registered for job kind {kind!r}")
+        job = JobRecord(
+            id=new_job_id(),
+            owner=owner,
+            kind=kind,
+            status="queued",
+            created_at=self.clock.now(),
+            request=request,
+            meta=dict(meta or {}),
+        )
+        # Record first, then queue: a crash in between leaves a record nobody was told of
+        # (it expires), never a queue entry without its job.
+        await self.store.put_job(job, OPEN_JOB_TTL)
+        await self.queue.put(QUEUE_KIND, job.id, job.id.encode())
+        self._count("submitted")
+        self._wake.set()
+        return job
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return await self.store.get_job(job_id)
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            return None
+        if job.status == "cancelled":
+            return job
+        if job.status == "queued":
+            cancelled = self._finished(job, "cancelled")
+            if await self.store.swap_job(cancelled, QUEUED, self.result_ttl):
+                self._count("cancelled")
+                return cancelled
+            job = await self.store.get_job(job_id) or job  # a worker took it meanwhile
+        raise ApiError(
+            409,
+            f"job {job_id} is {job.status} and can no longer be cancelled"
+            + ("; its call may already have been sent upstream" if not job.final else ""),
+            code="job_not_cancellable",
+        )
+
+    async def stats(self) -> dict:
+        """For /health: jobs waiting or running in the queue (all replicas), this process's
+        workers, and whether the queue answers."""
+        try:
+            pending = await self.queue.depth(QUEUE_KIND)
+        except Exception as exc:
+            return {"ok": False, "detail": f"queue unavailable ({type(exc).__name__})"}
+        return {"ok": True, "backend": self.queue.name, "pending": pending, "workers": self.workers}
+
+    # --- workers ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._stopping = False
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"job-worker-{n}") for n in range(self.workers)
+        ]
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop taking jobs; let the ones running finish within `grace` seconds. A job cut
+        off stays `in_progress` with its queue entry held, and is taken up again after the
+        lease by whichever process runs next (counted as maybe-billed)."""
+        self._stopping = True
+        self._wake.set()
+        if not self._tasks:
+            return
+        _, running = await asyncio.wait(self._tasks, timeout=grace)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _work(self) -> None:
+        while not self._stopping:
+            # Cleared before looking, so a submit that lands while we look still wakes us.
+            self._wake.clear()
+            try:
+                delivery = await self.queue.claim(QUEUE_KIND, self.consumer, self.lease)
+            except Exception as exc:  # the queue's store is away; try again shortly
+                log_event("job_queue_unavailable", logging.WARNING, error=type(exc).__name__)
+                await self._idle(BACKOFF)
+                continue
+            if delivery is None:
+                await self._idle(self.poll_interval)
+                continue
+            try:
+                await self._handle(delivery)
+            except Exception as exc:
+                # The record or the queue failed mid-way; the lease makes it come back.
+                log_event(
+                    "job_worker_error",
+                    logging.ERROR,
+                    job_id=delivery.entry_id,
+                    error=type(exc).__name__,
+                )
+                await self._idle(BACKOFF)
+
+    async def _idle(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        job = await self.store.get_job(delivery.entry_id)
+        if job is None or job.final:
+            await self.queue.ack(delivery)  # cancelled, finished by another worker, or expired
+            return
+        runner = self._runners.get(job.kind)
+        if runner is None:  # made by a newer version of the proxy; leave it to one that knows
+            await self.queue.release(delivery)
+            await self._idle(BACKOFF)
+            return
+        resumed = job.status == "in_progress"
+        started = replace(
+            job, status="in_progress", started_at=self.clock.now(), attempts=job.attempts + 1
+        )
+        if not await self.store.swap_job(started, RUNNABLE, OPEN_JOB_TTL):
+            await self.queue.ack(delivery)  # cancelled in the meantime
+            return
+        if resumed:
+            # The worker before us died with this job in progress: its call may have been
+            # sent and billed, and we are about to make the image again.
+            self._count("resumed")
+            model = str(job.meta.get("model", "unknown"))
+            self.metrics.child(self.metrics.duplicate_spend, "unknown", model).inc()
+            log_event("job_resumed", logging.WARNING, job_id=job.id, attempt=started.attempts)
+        keeper = asyncio.create_task(self._keep_lease(delivery))
+        try:
+            finished = await self._run(runner, started)
+            # Still holding the lease: an image that is made (and paid) must not be made
+            # again because the store hiccuped once while it was being recorded.
+            if await self._record(finished):
+                self._count(finished.status)
+        finally:
+            keeper.cancel()
+        await self.queue.ack(delivery)
+
+    async def _record(self, finished: JobRecord) -> bool:
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                return await self.store.swap_job(finished, IN_PROGRESS, self.result_ttl)
+            except Exception as exc:
+                if attempt == RECORD_ATTEMPTS - 1:
+                    raise
+                error = type(exc).__name__
+                log_event("job_record_retry", logging.WARNING, job_id=finished.id, error=error)
+                await asyncio.sleep(BACKOFF)
+        return False
+
+    async def _run(self, runner: JobRunner, job: JobRecord) -> JobRecord:
+        try:
+            result = await runner(job)
+        except ApiError as error:
+            return self._finished(job, "failed", error=error.body()["error"])
+        except Exception as exc:
+            log_event("job_failed", logging.ERROR, job_id=job.id, error=type(exc).__name__)
+            internal = ApiError(500, "internal error", code="internal_error")
+            return self._finished(job, "failed", error=internal.body()["error"])
+        return self._finished(job, "completed", result=result)
+
+    def _finished(self, job: JobRecord, status: str, **fields) -> JobRecord:
+        # The request (with any uploaded images) is not needed once nobody will run it again.
+        return replace(job, status=status, completed_at=self.clock.now(), request=b"", **fields)
+
+    async def _keep_lease(self, delivery: Delivery) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            with contextlib.suppress(Exception):  # a missed renewal is retried next time
+                await self.queue.renew(delivery, self.lease)
+
+    def _count(self, event: str) -> None:
+        self.metrics.child(self.metrics.jobs, event).inc()

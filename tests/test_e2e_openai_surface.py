@@ -1,0 +1,293 @@
+"""End to end, today's OpenAI Images surface: the answer's form by model name, OpenAI model
+names by pattern, variations, masks, fixed-size models and the image count, through a real
+uvicorn proxy on the emulator (over HTTP), with the real openai SDK and the request shapes
+Open WebUI sends (reproduced from its `backend/open_webui/routers/images.py`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import uuid
+
+import httpx
+import openai
+import pytest
+from conftest import picture
+from PIL import Image
+
+from flux_proxy.masks import convert_mask
+
+DEV = "@cf/black-forest-labs/flux-2-dev"
+INPAINTING = "@cf/runwayml/stable-diffusion-v1-5-inpainting"
+
+
+def client_for(proxy) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.base_url, api_key=proxy.key, max_retries=0, timeout=60)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def half_transparent_mask(width: int, height: int) -> bytes:
+    """OpenAI's kind of mask: the left half fully transparent (repaint), the rest opaque."""
+    mask = Image.new("RGBA", (width, height), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, width // 2, height))
+    out = io.BytesIO()
+    mask.save(out, format="PNG")
+    return out.getvalue()
+
+
+# --- the answer's form when the caller names none ---------------------------------------------
+
+
+def test_open_webui_generation_with_gpt_image_1_and_no_format_gets_b64_json_only(proxy, emulator):
+    # Open WebUI sends response_format only when its model does not match ^gpt-image.
+    body = {"model": "gpt-image-1", "prompt": "a lighthouse", "n": 1, "size": "512x512"}
+    response = httpx.post(
+        proxy.base_url + "/images/generations",
+        json=body,
+        headers={**proxy.auth, "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    (item,) = response.json()["data"]
+    assert "url" not in item
+    assert Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).size == (512, 512)
+
+
+def test_open_webui_edit_with_one_image_and_no_format_gets_b64_json_only(proxy, emulator):
+    # Its edit: a multipart form with model, prompt, n, size and one `image` named <uuid>.png.
+    response = httpx.post(
+        proxy.base_url + "/images/edits",
+        data={"model": "gpt-image-1", "prompt": "make it blue", "n": "1", "size": "512x512"},
+        files={"image": (f"{uuid.uuid4()}.png", picture(96, 64), "image/png")},
+        headers=proxy.auth,
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    (item,) = response.json()["data"]
+    assert "url" not in item and item["b64_json"]
+    (call,) = emulator.calls()
+    assert call["model"] == DEV and set(call["files"]) == {"input_image_0"}
+
+
+def test_dall_e_3_with_no_format_gets_only_a_url_that_downloads(proxy, emulator):
+    result = client_for(proxy).images.generate(model="dall-e-3", prompt="a fox", size="256x256")
+    (item,) = result.data
+    assert item.b64_json is None
+    image = httpx.get(item.url, timeout=30)
+    assert image.status_code == 200
+    assert Image.open(io.BytesIO(image.content)).size == (256, 256)
+
+
+def test_the_projects_own_names_and_no_name_still_get_both_forms(proxy, emulator):
+    client = client_for(proxy)
+    for kwargs in ({}, {"model": "flux-2-klein-4b"}):
+        (item,) = client.images.generate(prompt="a fox", size="256x256", **kwargs).data
+        assert item.b64_json and item.url
+
+
+@pytest.mark.parametrize(
+    ("setting", "model", "has_b64", "has_url"),
+    [
+        ("both", "gpt-image-1", True, True),
+        ("url", "flux-2-klein-4b", False, True),
+        ("b64_json", "dall-e-2", True, False),
+    ],
+)
+def test_default_response_format_setting_overrides_the_name_rule(
+    make_proxy, emulator, setting, model, has_b64, has_url
+):
+    proxy = make_proxy(default_response_format=setting)
+    (item,) = client_for(proxy).images.generate(model=model, prompt="a fox", size="256x256").data
+    assert (bool(item.b64_json), bool(item.url)) == (has_b64, has_url)
+
+
+def test_a_stream_for_gpt_image_1_carries_no_url(proxy, emulator):
+    stream = client_for(proxy).images.generate(
+        model="gpt-image-1", prompt="a fox", size="256x256", stream=True
+    )
+    events = list(stream)
+    assert [e.type for e in events] == ["image_generation.completed"]
+    assert events[0].b64_json and "url" not in (events[0].model_extra or {})
+
+
+# --- OpenAI model names -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gpt-image-1",
+        "gpt-image-1.5",
+        "gpt-image-1-mini",
+        "gpt-image-2",
+        "gpt-image-2-2026-04-21",
+        "chatgpt-image-latest",
+        "dall-e-2",
+        "dall-e-3",
+    ],
+)
+def test_every_openai_image_model_name_is_served_by_the_default_model(proxy, emulator, name):
+    result = client_for(proxy).images.generate(model=name, prompt="a fox", size="256x256")
+    assert result.model_extra["model"] == DEV
+
+
+@pytest.mark.parametrize("name", ["dall-e-9", "gpt-image", "gpt-4o", "dall-e-3x"])
+def test_names_outside_the_pattern_are_unknown_models(proxy, emulator, name):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client_for(proxy).images.generate(model=name, prompt="a fox", size="256x256")
+    assert caught.value.body["code"] == "model_not_found"
+    assert emulator.calls() == []
+
+
+def test_model_aliases_override_a_name_the_pattern_covers(make_proxy, emulator):
+    proxy = make_proxy(model_aliases="gpt-image-2=flux-2-klein-4b")
+    client = client_for(proxy)
+    result = client.images.generate(model="gpt-image-2", prompt="a fox", size="256x256")
+    assert result.model_extra["model"] == "@cf/black-forest-labs/flux-2-klein-4b"
+    assert result.data[0].url is None  # still answered as OpenAI answers for that name
+    other = client.images.generate(model="gpt-image-1.5", prompt="a fox", size="256x256")
+    assert other.model_extra["model"] == DEV
+
+
+# --- edits: image count, input_fidelity, fixed-size models ------------------------------------
+
+
+def test_seventeen_images_are_a_400_naming_image_and_the_models_limit(proxy, emulator):
+    images = [(f"{i}.png", picture(16, 16), "image/png") for i in range(17)]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client_for(proxy).images.edit(image=images, prompt="merge them", size="256x256")
+    assert caught.value.body["param"] == "image"
+    assert "at most 4" in caught.value.body["message"]
+    assert emulator.calls() == []
+
+
+def test_input_fidelity_is_accepted_and_ignored(proxy, emulator):
+    result = client_for(proxy).images.edit(
+        image=("cat.png", picture(64, 64), "image/png"),
+        prompt="make it blue",
+        input_fidelity="high",
+        size="256x256",
+    )
+    assert len(result.data) == 1
+    assert "input_fidelity" not in emulator.calls()[0]["fields"]
+
+
+def test_schnell_with_its_own_size_makes_one_call_with_no_size_fields(proxy, emulator):
+    result = client_for(proxy).images.generate(
+        model="flux-1-schnell", prompt="a fox", size="1024x1024", response_format="b64_json"
+    )
+    assert len(result.data) == 1
+    (call,) = emulator.calls()
+    assert call["model"] == "@cf/black-forest-labs/flux-1-schnell"
+    assert not {"width", "height", "size"} & set(call["fields"])
+
+
+def test_schnell_with_another_size_is_a_400_saying_which_size_it_makes(proxy, emulator):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client_for(proxy).images.generate(model="flux-1-schnell", prompt="a", size="512x512")
+    assert caught.value.body["param"] == "size"
+    assert "1024x1024" in caught.value.body["message"]
+    assert emulator.calls() == []
+
+
+# --- variations ---------------------------------------------------------------------------------
+
+
+def test_create_variation_through_the_sdk_uses_the_image_as_reference_0(proxy, emulator):
+    original = picture(200, 150)
+    result = client_for(proxy).images.create_variation(
+        image=("cat.png", original, "image/png"), n=2, size="256x256", response_format="b64_json"
+    )
+    assert len(result.data) == 2
+    assert result.model_extra["model"] == DEV
+    calls = emulator.calls()
+    assert [c["model"] for c in calls] == [DEV, DEV]
+    assert {c["files"]["input_image_0"]["sha256"] for c in calls} == {sha256(original)}
+    assert {c["fields"]["prompt"] for c in calls} == {proxy.settings.variation_prompt}
+    assert len({c["fields"]["seed"] for c in calls}) == 2  # each its own seed
+
+
+def test_a_variation_for_dall_e_2_with_no_format_gets_a_url(proxy, emulator):
+    result = client_for(proxy).images.create_variation(
+        image=("cat.png", picture(64, 64), "image/png"), model="dall-e-2", size="256x256"
+    )
+    assert result.data[0].b64_json is None
+    assert httpx.get(result.data[0].url, timeout=30).status_code == 200
+
+
+def test_a_variation_without_an_image_is_a_400_naming_image(proxy, emulator):
+    response = httpx.post(
+        proxy.base_url + "/images/variations",
+        data={"n": "1"},
+        files={"unused": (None, b"x")},
+        headers=proxy.auth,
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "image"
+    assert emulator.calls() == []
+
+
+# --- masks ----------------------------------------------------------------------------------------
+
+
+def test_an_edit_with_a_mask_reaches_the_inpainting_model_with_image_and_mask(proxy, emulator):
+    image, mask = picture(64, 48), half_transparent_mask(64, 48)
+    result = client_for(proxy).images.edit(
+        image=("room.png", image, "image/png"),
+        mask=("mask.png", mask, "image/png"),
+        prompt="a red sofa",
+        size="256x256",
+        response_format="b64_json",
+    )
+    assert result.model_extra["model"] == INPAINTING  # the response says who did it
+    (call,) = emulator.calls()
+    assert call["model"] == INPAINTING
+    assert call["files"]["image"]["sha256"] == sha256(image)
+    sent = call["files"]["mask"]
+    assert (sent["width"], sent["height"]) == (64, 48)
+    expected = convert_mask(mask, image_size=(64, 48), target=(64, 48))
+    assert sent["sha256"] == sha256(expected.data)  # white where it was transparent
+
+
+def test_a_mask_named_for_a_model_that_takes_masks_stays_with_that_model(proxy, emulator):
+    model = "@cf/lykon/dreamshaper-8-lcm"
+    result = client_for(proxy).images.edit(
+        model=model,
+        image=("room.png", picture(64, 64), "image/png"),
+        mask=("mask.png", half_transparent_mask(64, 64), "image/png"),
+        prompt="a red sofa",
+        size="256x256",
+    )
+    assert result.model_extra["model"] == model
+    assert [c["model"] for c in emulator.calls()] == [model]
+
+
+def test_a_mask_of_another_size_is_a_400_naming_mask(proxy, emulator):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client_for(proxy).images.edit(
+            image=("room.png", picture(64, 48), "image/png"),
+            mask=("mask.png", half_transparent_mask(32, 32), "image/png"),
+            prompt="a red sofa",
+        )
+    assert caught.value.body["param"] == "mask"
+    assert "64x48" in caught.value.body["message"]
+    assert emulator.calls() == []
+
+
+def test_without_a_mask_model_a_mask_stays_a_400(make_proxy, emulator):
+    proxy = make_proxy(mask_model="")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client_for(proxy).images.edit(
+            image=("room.png", picture(64, 64), "image/png"),
+            mask=("mask.png", half_transparent_mask(64, 64), "image/png"),
+            prompt="a red sofa",
+        )
+    assert caught.value.body["param"] == "mask"
+    assert "MASK_MODEL" in caught.value.body["message"]
+    assert emulator.calls() == []
