@@ -69,8 +69,12 @@ async def generate_all(pool: Any, image_request: ImageRequest, request_id: str) 
 async def finish_all(result: WorkResult, image_request: ImageRequest) -> Outcome:
     """The work's images in the form this request asks for (converted concurrently when its
     `output_format`/`output_compression` differs from the upstream's bytes)."""
-    finished = await asyncio.gather(
-        *(finish(made.image, image_request, made.seed) for made in result.images)
-    )
+    if len(result.images) == 1:  # no task of its own: one hop less through the event loop
+        made = result.images[0]
+        finished = [await finish(made.image, image_request, made.seed)]
+    else:
+        finished = await asyncio.gather(
+            *(finish(made.image, image_request, made.seed) for made in result.images)
+        )
     images = [(made.index, output) for made, output in zip(result.images, finished, strict=True)]
     return Outcome(images, list(result.errors))
