@@ -35,7 +35,7 @@ def fresh() -> Emulator:
     return shared_emulator()
 
 
-async def test_stdio_lists_the_four_tools_with_schemas_at_the_current_protocol(tmp_path, fresh):
+async def test_stdio_lists_every_tool_with_schemas_at_the_current_protocol(tmp_path, fresh):
     async with stdio_mcp(tmp_path, stdio_env(fresh.base_url, tmp_path)) as client:
         assert client.protocol_version == LATEST_PROTOCOL_VERSION
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
@@ -53,6 +53,8 @@ async def test_stdio_lists_the_four_tools_with_schemas_at_the_current_protocol(t
     assert "local file path" in generate["properties"]["reference_images"]["description"]
     assert tools["edit_image"].input_schema["required"] == ["prompt", "images"]
     assert tools["account_status"].annotations.read_only_hint is True
+    assert tools["submit_batch"].input_schema["required"] == ["prompts"]
+    assert tools["batch_status"].input_schema["required"] == ["batch_id"]
     assert all(tool.description for tool in tools.values())
 
 
