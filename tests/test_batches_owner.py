@@ -28,6 +28,7 @@ class _Services:
     def __init__(self, settings, clock, store, pool):
         self.settings, self.clock, self.store, self.pool = settings, clock, store, pool
         self.metrics = Metrics()
+        self.quota = None  # no named keys here: callers are made by hand
 
 
 @pytest.fixture

@@ -244,7 +244,7 @@ async def test_without_keys_only_loopback_host_names_reach_mcp(make_proxy, emula
     assert rebound.status_code == 421  # a DNS-rebinding page cannot drive a keyless proxy
     async with http_mcp(mcp_url(proxy), None) as client:
         tools = await client.list_tools()
-    assert len(tools.tools) == 4
+    assert len(tools.tools) == 6
 
 
 async def test_submit_batch_queues_prompts_that_batch_status_reports_with_their_urls(
