@@ -9,6 +9,11 @@ the store logs once, switches to the local store and tries Redis again at most e
 
 Reservations made on the local store are settled or released there (Redis never saw them);
 their spend is then shared like any other.
+
+This module holds the switching, the recovery and the accounts' core (blocks, the neuron
+ledger, blobs); each later feature is a mixin of its own: `resilient_work.py` (markers, kept
+results, the seeded cache, local while Redis is away), `resilient_jobs.py` and
+`resilient_batches.py` (Redis only), `resilient_keys.py` (key quotas and usage).
 """
 
 from __future__ import annotations
@@ -22,21 +27,14 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flux_proxy.clock import Clock
-from flux_proxy.errors import ApiError
 from flux_proxy.logs import log_event
-from flux_proxy.store.base import (
-    Block,
-    JobRecord,
-    KeyReservation,
-    KeyUsage,
-    LineClaim,
-    Reservation,
-    StoreUnavailable,
-    Usage,
-    UsageRow,
-)
+from flux_proxy.store.base import Block, Reservation, Usage, UsageRow
 from flux_proxy.store.memory import MemoryStore
 from flux_proxy.store.redis import RedisStore
+from flux_proxy.store.resilient_batches import ResilientBatches
+from flux_proxy.store.resilient_jobs import ResilientJobs
+from flux_proxy.store.resilient_keys import ResilientKeys
+from flux_proxy.store.resilient_work import ResilientWork
 
 T = TypeVar("T")
 
@@ -54,7 +52,7 @@ UNREACHABLE = (
 DEGRADED_DETAIL = "redis unreachable; serving from local state"
 
 
-class ResilientStore:
+class ResilientStore(ResilientWork, ResilientJobs, ResilientBatches, ResilientKeys):
     name = "redis"
 
     def __init__(
@@ -286,153 +284,6 @@ class ResilientStore:
         # Not in Redis (or Redis away): it may have been stored here during an outage.
         return await self.fallback.get_blob(key)
 
-    # --- key quotas and usage ---------------------------------------------------------------
-    # While Redis answers it holds the quotas and rows, and what this replica adds is mirrored
-    # locally. During an outage each replica enforces quotas on what it knows itself (its own
-    # mirror), so replicas together may pass a limit by what the others served meanwhile; the
-    # rows it adds are pushed to Redis when it returns, so usage history loses nothing.
-    async def try_reserve_key(
-        self,
-        key: str,
-        day: str,
-        images: int,
-        neurons: float,
-        max_images: int | None,
-        max_neurons: float | None,
-        ttl: float,
-    ) -> KeyReservation | None:
-        ok, hold = await self._on_primary(
-            lambda: self.primary.try_reserve_key(
-                key, day, images, neurons, max_images, max_neurons, ttl
-            )
-        )
-        if ok:
-            return hold
-        hold = await self.fallback.try_reserve_key(
-            key, day, images, neurons, max_images, max_neurons, ttl
-        )
-        if hold is not None:
-            self._local_key_holds.add(hold.id)
-        return hold
-
-    async def settle_key(
-        self, reservation: KeyReservation, rows: list[UsageRow], keep_days: int
-    ) -> None:
-        if reservation.id in self._local_key_holds:
-            self._local_key_holds.discard(reservation.id)
-            await self.fallback.settle_key(reservation, rows, keep_days)
-            self._outage_usage.append((rows, keep_days))
-            return
-        ok, _ = await self._on_primary(
-            lambda: self.primary.settle_key(reservation, rows, keep_days)
-        )
-        await self.fallback.record_usage(rows, keep_days)
-        if not ok:  # the hold in Redis lapses by its ttl
-            self._outage_usage.append((rows, keep_days))
-
-    async def release_key(self, reservation: KeyReservation) -> None:
-        if reservation.id in self._local_key_holds:
-            self._local_key_holds.discard(reservation.id)
-            await self.fallback.release_key(reservation)
-            return
-        await self._on_primary(lambda: self.primary.release_key(reservation))
-
-    async def record_usage(self, rows: list[UsageRow], keep_days: int) -> None:
-        await self.fallback.record_usage(rows, keep_days)
-        ok, _ = await self._on_primary(lambda: self.primary.record_usage(rows, keep_days))
-        if not ok:
-            self._outage_usage.append((rows, keep_days))
-
-    async def key_usage(self, key: str, day: str) -> KeyUsage:
-        ok, seen = await self._on_primary(lambda: self.primary.key_usage(key, day))
-        if ok and seen is not None:
-            return seen
-        return await self.fallback.key_usage(key, day)
-
-    async def usage_rows(
-        self, first_day: str, last_day: str, key: str | None = None
-    ) -> list[UsageRow]:
-        ok, rows = await self._on_primary(lambda: self.primary.usage_rows(first_day, last_day, key))
-        if ok and rows is not None:
-            return rows
-        return await self.fallback.usage_rows(first_day, last_day, key)
-
-    # --- work ---
-    # Markers, results and cache entries go to Redis while it answers and to the local store
-    # while it does not. Nothing of them is pushed back on recovery: a marker or a kept result
-    # matters for minutes, and what this replica holds locally is still found here (reads fall
-    # back to the local store on a miss).
-    async def claim(self, key: str, holder: str, ttl: float) -> str | None:
-        ok, current = await self._on_primary(lambda: self.primary.claim(key, holder, ttl))
-        if ok:
-            return current
-        return await self.fallback.claim(key, holder, ttl)
-
-    async def holder_of(self, key: str) -> str | None:
-        ok, current = await self._on_primary(lambda: self.primary.holder_of(key))
-        if ok and current is not None:
-            return current
-        return await self.fallback.holder_of(key)
-
-    async def unclaim(self, key: str, holder: str) -> None:
-        await self.fallback.unclaim(key, holder)
-        await self._on_primary(lambda: self.primary.unclaim(key, holder))
-
-    async def put_result(self, key: str, data: bytes, ttl: float) -> None:
-        ok, _ = await self._on_primary(lambda: self.primary.put_result(key, data, ttl))
-        if not ok:
-            await self.fallback.put_result(key, data, ttl)
-
-    async def get_result(self, key: str) -> bytes | None:
-        ok, data = await self._on_primary(lambda: self.primary.get_result(key))
-        if ok and data is not None:
-            return data
-        return await self.fallback.get_result(key)
-
-    async def cache_put(self, key: str, data: bytes, ttl: float, max_bytes: int) -> None:
-        ok, _ = await self._on_primary(lambda: self.primary.cache_put(key, data, ttl, max_bytes))
-        if not ok:
-            await self.fallback.cache_put(key, data, ttl, max_bytes)
-
-    async def cache_get(self, key: str) -> bytes | None:
-        ok, data = await self._on_primary(lambda: self.primary.cache_get(key))
-        if ok and data is not None:
-            return data
-        return await self.fallback.cache_get(key)
-
-    async def cache_drop(self, key: str) -> None:
-        await self.fallback.cache_drop(key)
-        await self._on_primary(lambda: self.primary.cache_drop(key))
-
-    async def cache_stats(self) -> dict:
-        ok, stats = await self._on_primary(self.primary.cache_stats)
-        if ok and stats is not None:
-            return stats
-        return await self.fallback.cache_stats()
-
-    # --- jobs ---
-    # Jobs live in Redis only: one kept in this replica's memory would be invisible to the
-    # others and gone with a restart, which is what a durable job promises not to be. While
-    # Redis is away, job calls fail with a 503 (a caller can still make images synchronously).
-    async def _jobs_on_primary(self, call: Callable[[], Awaitable[T]]) -> T:
-        ok, result = await self._on_primary(call)
-        if not ok:
-            raise ApiError(
-                503,
-                "async jobs are unavailable while the shared state store is unreachable",
-                code="job_store_unavailable",
-            )
-        return result  # type: ignore[return-value]
-
-    async def put_job(self, job: JobRecord, ttl: float) -> None:
-        await self._jobs_on_primary(lambda: self.primary.put_job(job, ttl))
-
-    async def get_job(self, job_id: str) -> JobRecord | None:
-        return await self._jobs_on_primary(lambda: self.primary.get_job(job_id))
-
-    async def swap_job(self, job: JobRecord, expect: frozenset[str], ttl: float) -> bool:
-        return bool(await self._jobs_on_primary(lambda: self.primary.swap_job(job, expect, ttl)))
-
     # --- health -----------------------------------------------------------------------------
     async def status(self) -> dict:
         ok, _ = await self._on_primary(self.primary.ping)
@@ -440,55 +291,3 @@ class ResilientStore:
             # Still serving: readiness must not take every replica out during an outage.
             return {"backend": self.name, "ok": False, "serving": True, "detail": DEGRADED_DETAIL}
         return {"backend": self.name, "ok": True, "detail": self.primary.detail}
-
-    # --- batches and files (issue 10) ---------------------------------------------------------
-    # A batch queue and its documents are shared by every replica; a local copy would let two
-    # replicas run the same line or lose a result. So these go to Redis only, and while Redis
-    # is away they raise StoreUnavailable: the Files/Batch API answers 503 and batch runners
-    # pause, then carry on where the shared state says when Redis returns.
-
-    async def _shared(self, call: Callable[[], Awaitable[T]]) -> T:
-        ok, result = await self._on_primary(call)
-        if not ok:
-            raise StoreUnavailable("the shared state (Redis) is unreachable")
-        return result  # type: ignore[return-value]
-
-    async def put_doc(self, kind: str, doc_id: str, doc: dict) -> None:
-        await self._shared(lambda: self.primary.put_doc(kind, doc_id, doc))
-
-    async def get_doc(self, kind: str, doc_id: str) -> dict | None:
-        return await self._shared(lambda: self.primary.get_doc(kind, doc_id))
-
-    async def list_docs(self, kind: str) -> list[dict]:
-        return await self._shared(lambda: self.primary.list_docs(kind))
-
-    async def patch_doc(
-        self, kind: str, doc_id: str, changes: dict, when: dict | None = None
-    ) -> dict | None:
-        return await self._shared(lambda: self.primary.patch_doc(kind, doc_id, changes, when))
-
-    async def delete_doc(self, kind: str, doc_id: str) -> bool:
-        return await self._shared(lambda: self.primary.delete_doc(kind, doc_id))
-
-    async def add_lines(self, batch: str, payloads: list[str], ttl: float) -> None:
-        await self._shared(lambda: self.primary.add_lines(batch, payloads, ttl))
-
-    async def claim_line(self, batch: str, worker: str, lease: float) -> LineClaim | None:
-        return await self._shared(lambda: self.primary.claim_line(batch, worker, lease))
-
-    async def release_line(self, claim: LineClaim) -> None:
-        await self._shared(lambda: self.primary.release_line(claim))
-
-    async def finish_line(
-        self, claim: LineClaim, outcome: str, result: str, neurons: float = 0.0
-    ) -> dict | None:
-        return await self._shared(lambda: self.primary.finish_line(claim, outcome, result, neurons))
-
-    async def line_counts(self, batch: str) -> dict:
-        return await self._shared(lambda: self.primary.line_counts(batch))
-
-    async def line_results(self, batch: str) -> list[tuple[int, str, str]]:
-        return await self._shared(lambda: self.primary.line_results(batch))
-
-    async def drop_lines(self, batch: str) -> None:
-        await self._shared(lambda: self.primary.drop_lines(batch))
