@@ -31,17 +31,18 @@ class FrozenClock(Clock):
 
 def utc_day(timestamp: float) -> str:
     """The UTC calendar day a timestamp falls in, as `YYYY-MM-DD` (Cloudflare's budget period)."""
-    global _last_day
-    start, end, day = _last_day
-    if start <= timestamp < end:
-        return day  # asked several times per request; the answer changes once a day
-    day = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
-    start = (timestamp // 86400) * 86400  # UTC days are 86,400 s long in POSIX time
-    _last_day = (start, start + 86400, day)
+    # Asked several times per request, for today and for the oldest day of kept history: a
+    # small table of days seen, not one last answer that the two calls would keep evicting.
+    index = int(timestamp // 86400)  # UTC days are 86,400 s long in POSIX time
+    day = _days.get(index)
+    if day is None:
+        if len(_days) > 64:
+            _days.clear()
+        day = _days[index] = datetime.fromtimestamp(index * 86400, UTC).strftime("%Y-%m-%d")
     return day
 
 
-_last_day: tuple[float, float, str] = (0.0, 0.0, "")
+_days: dict[int, str] = {}
 
 
 def next_utc_midnight(timestamp: float) -> float:

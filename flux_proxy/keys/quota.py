@@ -16,6 +16,7 @@ reads. `check` is the same test without a hold, for a streamed answer to refuse 
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Iterable
 from typing import Any
 
@@ -103,6 +104,11 @@ class KeyQuota:
         neurons = images * per_image
         now = self.clock.now()
         day = utc_day(now)
+        if not caller.limited:
+            # Nothing to hold against: no store round trip on the hot path (on SQLite a write
+            # transaction). Settling still writes the usage rows.
+            hold = KeyReservation(secrets.token_hex(16), caller.name, day, images, neurons)
+            return QuotaHold(self, caller, hold, model, per_image)
         hold = await self.store.try_reserve_key(
             caller.name,
             day,
