@@ -82,6 +82,28 @@ CREATE INDEX IF NOT EXISTS blobs_by_expiry ON blobs (expires_at);
 _SCHEMA += WORK_SCHEMA + JOBS_SCHEMA + BATCHES_SCHEMA + KEYS_SCHEMA
 
 
+def connect_wal(path: Path) -> sqlite3.Connection:
+    """A connection to `path` in WAL mode that several processes can share safely; the state
+    store and the work queue (`work/queue_sqlite.py`) both open their files this way."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: no implicit transactions; callers say BEGIN IMMEDIATE themselves.
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    # Switching to WAL needs a moment of exclusive access; another process opening the same
+    # file at the same instant can make it report "locked", so retry briefly.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
 class SqliteStore(SqliteWork, SqliteJobs, SqliteBatches, SqliteKeys):
     name = "sqlite"
 
@@ -116,24 +138,8 @@ class SqliteStore(SqliteWork, SqliteJobs, SqliteBatches, SqliteKeys):
         return result
 
     def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.blob_dir.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: no implicit transactions; we say BEGIN IMMEDIATE ourselves.
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # Switching to WAL needs a moment of exclusive access; another process opening the
-        # same file at the same instant can make it report "locked", so retry briefly.
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                break
-            except sqlite3.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn = conn
+        self._conn = connect_wal(self.path)
         self._write(lambda c: [c.execute(s) for s in _SCHEMA.split(";") if s.strip()])
 
     def _disconnect(self) -> None:

@@ -12,17 +12,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from flux_proxy.clock import Clock
+from flux_proxy.store.sqlite import connect_wal
 from flux_proxy.work.queue import Delivery
 
 T = TypeVar("T")
-BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue_entries (
@@ -66,20 +65,7 @@ class SqliteQueue:
         return result
 
     def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while True:  # another process switching the same file to WAL can report "locked"
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                break
-            except sqlite3.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn = conn
+        self._conn = connect_wal(self.path)
         self._write(lambda c: [c.execute(s) for s in _SCHEMA.split(";") if s.strip()])
 
     def _disconnect(self) -> None:
