@@ -10,30 +10,18 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
+import browser_helpers
 import httpx
 import pytest
+from browser_helpers import DOCS_DIR, needs_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 STATIC_DIR = Path(__file__).resolve().parent.parent / "flux_proxy" / "web" / "static"
-DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
 GENERATIONS = "/v1/images/generations"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium"),
-]
+pytestmark = needs_chromium
+browser, page = browser_helpers.browser, browser_helpers.page  # the fixtures
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
 expect = sync_api.expect
@@ -41,26 +29,6 @@ expect.set_options(timeout=10_000)
 
 
 # --- fixtures and helpers ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A fresh profile per test: no key, no history, no saved settings."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert not errors, f"the page raised: {errors}"
 
 
 def enter_key(page, key: str) -> None:
