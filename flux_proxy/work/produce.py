@@ -45,7 +45,7 @@ __all__ = ["CachePolicy", "ImageWork", "MadeImage", "WorkResult"]
 OnImage = Callable[[MadeImage], None]
 
 
-def _internal(error: BaseException, request_id: str, index: int) -> ApiError:
+def failure_of(error: BaseException, *, request_id: str, index: int) -> ApiError:
     """An image's failure as a caller may see it: ApiErrors as they are, anything else an
     internal error (logged by type, never shown)."""
     if isinstance(error, ApiError):
@@ -293,7 +293,7 @@ class ImageWork:
             if error is not None:
                 if not isinstance(error, Exception):
                     raise error
-                errors.append((index, _internal(error, work.request_id, index)))
+                errors.append((index, failure_of(error, request_id=work.request_id, index=index)))
             else:
                 images.append(task.result())
         cache = "bypass"
