@@ -90,6 +90,18 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+def redis_client(url: str, socket_timeout: float) -> aioredis.Redis:
+    """The client every Redis user here makes (the state store, the work queue)."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        # One immediate retry on a connection error revives a pooled connection that died
+        # with a Redis restart; no backoff, so a dead Redis fails fast.
+        retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
+    )
+
+
 class RedisStore(RedisWork, RedisJobs, RedisBatches, RedisKeys):
     name = "redis"
 
@@ -140,14 +152,7 @@ class RedisStore(RedisWork, RedisJobs, RedisBatches, RedisKeys):
         so a caller that tolerates the outage (ResilientStore) can keep it and retry later.
         """
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(
-                self.url,
-                socket_timeout=self._socket_timeout,
-                socket_connect_timeout=self._socket_timeout,
-                # One immediate retry on a connection error revives a pooled connection that
-                # died with a Redis restart; no backoff, so a dead Redis fails fast.
-                retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
-            )
+            self._redis = redis_client(self.url, self._socket_timeout)
             self._reserve = self._redis.register_script(_RESERVE)
             self._settle = self._redis.register_script(_SETTLE)
             self._finish_line = self._redis.register_script(FINISH_LINE)

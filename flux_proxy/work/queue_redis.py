@@ -19,12 +19,10 @@ from __future__ import annotations
 import math
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from flux_proxy.store.redis import redis_client
 from flux_proxy.work.queue import Delivery
 
 GROUP = "workers"
@@ -66,12 +64,7 @@ class RedisQueue:
 
     async def open(self) -> None:
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(
-                self.url,
-                socket_timeout=self._socket_timeout,
-                socket_connect_timeout=self._socket_timeout,
-                retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
-            )
+            self._redis = redis_client(self.url, self._socket_timeout)
             self._reclaim = self._redis.register_script(_HOLDER_RECLAIM)
         await self._redis.ping()
 
