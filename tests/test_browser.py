@@ -15,7 +15,7 @@ from pathlib import Path
 import browser_helpers
 import httpx
 import pytest
-from browser_helpers import DOCS_DIR, needs_chromium
+from browser_helpers import DOCS_DIR, full_page_screenshot, needs_chromium
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "flux_proxy" / "web" / "static"
 GENERATIONS = "/v1/images/generations"
@@ -494,16 +494,6 @@ def test_served_page_holds_no_key_token_markup_injection_or_outside_urls(proxy, 
 # --- the look ---------------------------------------------------------------------------------
 
 
-def screenshot(page, path: Path, width: int) -> None:
-    """Size the viewport to the whole page, so the sticky Generate bar sits where it belongs."""
-    page.set_viewport_size({"width": width, "height": 900})
-    page.wait_for_timeout(200)
-    height = page.evaluate("document.documentElement.scrollHeight")
-    page.set_viewport_size({"width": width, "height": height})
-    page.wait_for_timeout(400)  # let transitions settle
-    page.screenshot(path=str(path))
-
-
 def test_emulator_mode_is_shown_plainly_and_the_page_fits_a_phone(
     page, make_proxy, tmp_path, emulator
 ):
@@ -530,7 +520,7 @@ def test_emulator_mode_is_shown_plainly_and_the_page_fits_a_phone(
     expect(page.locator(".history-card")).to_have_count(2)
 
     desktop = tmp_path / "screenshot.png"
-    screenshot(page, desktop, 1280)
+    full_page_screenshot(page, desktop, 1280)
     page.set_viewport_size({"width": 390, "height": 844})
     overflow = page.evaluate(
         "document.documentElement.scrollWidth - document.documentElement.clientWidth"
@@ -538,7 +528,7 @@ def test_emulator_mode_is_shown_plainly_and_the_page_fits_a_phone(
     assert overflow <= 0, "the page scrolls sideways on a phone"
     expect(page.locator("#emulator-badge")).to_be_visible()
     mobile = tmp_path / "screenshot-mobile.png"
-    screenshot(page, mobile, 390)
+    full_page_screenshot(page, mobile, 390)
     if os.environ.get("UPDATE_SCREENSHOTS"):
         DOCS_DIR.mkdir(exist_ok=True)
         shutil.copy(desktop, DOCS_DIR / "screenshot.png")
