@@ -5,6 +5,7 @@ with the finished lines kept."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC, datetime
 
@@ -216,3 +217,39 @@ def test_batch_lines_hold_at_most_their_share_of_an_accounts_slots(emulator, mak
     finally:
         httpx.post(emulator.root + "/__emulator/config", json={"latency": 0}, timeout=5)
     assert max(seen) == 2  # half of 4 slots; the other two stay free for live requests
+
+
+def _released_lines(proxy) -> float:
+    text = httpx.get(proxy.url + "/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith('flux_proxy_batch_lines_total{outcome="released"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_key_past_its_daily_images_rests_its_batch_until_the_reset(
+    emulator, make_proxy, tmp_path
+):
+    key = "fpx-shots-" + "q" * 30
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        f'[[keys]]\nname = "shots"\nkey_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
+        'role = "user"\ndaily_images = 2\n'
+    )
+    clock = FrozenClock(_day(2026, 3, 10, 9))
+    proxy = _one_account(emulator, make_proxy, tmp_path, clock, api_keys_file=keys)
+    with openai.OpenAI(base_url=proxy.base_url, api_key=key, max_retries=0, timeout=30) as client:
+        batch = _submit(client, 5)
+        _settles(emulator, 2, seconds=1.5)  # the pool has room; the key's quota has not
+        day_one = client.batches.retrieve(batch.id)
+        assert day_one.status == "in_progress" and day_one.request_counts.completed == 2
+        # The refusal rests the batch until 00:00 UTC: a line or two handed back, not one per
+        # look at the store (15 looks in 1.5 s at BATCH_POLL_SECONDS=0.1), nor a spin.
+        assert _released_lines(proxy) <= 2
+
+        clock.set(next_utc_midnight(clock.now()) + 60)
+        _settles(emulator, 4)
+        clock.set(next_utc_midnight(clock.now()) + 60)
+        done = wait_for(client, batch.id, ("completed",))
+    assert done.request_counts.completed == 5
+    assert len(emulator.calls()) == 5

@@ -12,6 +12,9 @@ through the account pool, as budgets allow, over as many days as it takes.
 - When no account can cover the next line, nothing is claimed and nothing is called: the
   runner looks at the store again every `BATCH_POLL_SECONDS` (blocks end and budgets reset
   at 00:00 UTC by the store's clock), so it goes on as soon as the first account returns.
+  A line handed back unrun does not wake the runner (that would spin on a refusal); and
+  when the batch's owner key is past its daily quota, the owner's batches rest until the
+  quota's reset instead of claiming a line per look.
 - Batches take turns line by line (round robin). A cancelled or expired batch's unclaimed
   lines are closed at once without a call; lines already running finish.
 - Whoever records a batch's last line assembles its output and error files, once: a lease
@@ -138,6 +141,7 @@ class BatchRunner:
         self._turn = 0
         self._store_down = False
         self._last_sweep = float("-inf")
+        self._owner_resting: dict[str, float] = {}  # owner key name -> clock time it may go on
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -193,7 +197,7 @@ class BatchRunner:
                 await self._close_unclaimed(doc, "cancelled")
             elif doc["status"] == "in_progress" and now >= doc["expires_at"]:
                 await self._close_unclaimed(doc, "expired")
-            elif doc["status"] == "in_progress":
+            elif doc["status"] == "in_progress" and not self._resting(doc["owner"], now):
                 runnable.append(doc)
             counts = await self.store.line_counts(doc["id"])
             if finished_lines(counts) >= doc["request_counts"]["total"]:
@@ -203,6 +207,25 @@ class BatchRunner:
         if now - self._last_sweep > 3600:
             self._last_sweep = now
             await self.files.sweep()
+
+    def _resting(self, owner: str, now: float) -> bool:
+        until = self._owner_resting.get(owner)
+        if until is not None and now >= until:
+            del self._owner_resting[owner]
+            until = None
+        return until is not None
+
+    def _rest_owner(self, owner: str, error: ApiError) -> None:
+        """The owner's key is past its quota: leave its batches until the reset it names."""
+        try:
+            wait = float(error.headers.get("retry-after", ""))
+        except ValueError:
+            wait = self.settings.batch_poll_seconds
+        until = self.clock.now() + max(wait, self.settings.batch_poll_seconds)
+        if self._owner_resting.get(owner, 0.0) < until:
+            self._owner_resting[owner] = until
+            seconds = round(until - self.clock.now())
+            log_event("batch_owner_resting", key_name=owner, seconds=seconds)
 
     async def _close_unclaimed(self, doc: dict, outcome: str) -> None:
         """Cancelled or expired: every line nobody is running ends now, without a call."""
@@ -295,6 +318,7 @@ class BatchRunner:
         self, doc: dict, claim: LineClaim, line: dict, request: ImageRequest, account: int
     ) -> None:
         request_id = f"batch_req_{secrets.token_hex(12)}"
+        made_progress = True
         try:
             try:
                 result = await run_line(
@@ -308,6 +332,9 @@ class BatchRunner:
                 )
             except ApiError as error:
                 if error.status in RETRY_LATER:
+                    made_progress = False
+                    if error.code == "key_quota_exceeded":
+                        self._rest_owner(doc["owner"], error)
                     await self.store.release_line(claim)  # it was not made; try again later
                     self.metrics.child(self.metrics.batch_lines, "released").inc()
                     return
@@ -342,11 +369,13 @@ class BatchRunner:
             pass  # the lease lapses and another runner takes the line over
         except Exception as exc:
             log_event("batch_line_error", logging.ERROR, batch=doc["id"], error=type(exc).__name__)
+            made_progress = False
             with contextlib.suppress(Exception):
                 await self.store.release_line(claim)
         finally:
             self._running[account] = self._running.get(account, 1) - 1
-            self.wake()
+            if made_progress:  # a slot is free for the next line; a refusal waits for the poll
+                self.wake()
 
     async def _record(
         self,
