@@ -460,6 +460,23 @@ async def test_cache_evicts_least_recently_used_beyond_max_bytes(store):
     assert await store.cache_stats() == {"entries": 3, "bytes": 300}
 
 
+async def test_cache_size_stays_exact_through_drops_and_a_long_eviction(store):
+    # More entries than one round of eviction looks at, and drops in between: the size the
+    # store keeps for its puts must stay the rows' own.
+    for i in range(150):
+        await store.cache_put(f"k{i}", b"." * 10, ttl=3600, max_bytes=10_000)
+    for i in range(0, 150, 3):
+        await store.cache_drop(f"k{i}")
+    assert await store.cache_stats() == {"entries": 100, "bytes": 1000}
+
+    await store.cache_put("big", b"." * 900, ttl=3600, max_bytes=1000)
+
+    # The 90 least recently used go: k1, k2, k4, ... (never-dropped keys, oldest first).
+    kept = [i for i in range(150) if i % 3 and await store.cache_get(f"k{i}") is not None]
+    assert kept == [i for i in range(150) if i % 3][-10:]
+    assert await store.cache_stats() == {"entries": 11, "bytes": 1000}
+
+
 async def test_cache_replacing_an_entry_counts_its_size_once(store):
     await store.cache_put("k", b"." * 100, ttl=3600, max_bytes=1000)
     await store.cache_put("k", b"," * 40, ttl=3600, max_bytes=1000)

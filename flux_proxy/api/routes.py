@@ -326,15 +326,16 @@ async def index(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
+    # Starlette tries routes in order: the image routes, the hot path, come first.
     return [
-        *file_routes(),
-        *batch_routes(),
         Route("/v1/images/generations", generations, methods=["POST"]),
         Route("/v1/images/edits", edits, methods=["POST"]),
         Route(VARIATIONS_PATH, variations, methods=["POST"]),
         Route(FILES_PATH + "{name}", image_file, methods=["GET", "HEAD"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        *file_routes(),
+        *batch_routes(),
         *usage_api.routes(),
         Route("/health", health, methods=["GET"]),
         Route("/health/live", health_live, methods=["GET"]),

@@ -22,10 +22,19 @@ from flux_proxy.work.results import WorkResult
 MAX_IDEMPOTENCY_KEY = 255
 
 
+# The request headers read here, as ASGI gives them (names in lower case).
+_READ = (b"idempotency-key", b"x-stainless-retry-count", b"cache-control")
+
+
 def work_options(request: Request) -> dict:
     """Keyword arguments for `ImageWork.produce` (besides the request and its id)."""
-    headers = request.headers
-    key = headers.get("idempotency-key")
+    # One pass over the raw headers: on the hot path, cheaper than three `Headers` lookups,
+    # each of which scans the whole list. The first of a repeated header wins, as there.
+    found: dict[bytes, str] = {}
+    for name, value in request.scope["headers"]:
+        if name in _READ and name not in found:
+            found[name] = value.decode("latin-1")
+    key = found.get(b"idempotency-key")
     if key is not None:
         key = key.strip()
         if not key or len(key) > MAX_IDEMPOTENCY_KEY:
@@ -33,12 +42,12 @@ def work_options(request: Request) -> dict:
                 f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
                 param="Idempotency-Key",
             )
-    retry = headers.get("x-stainless-retry-count", "").strip()
+    retry = found.get(b"x-stainless-retry-count", "").strip()
     return {
         "caller": caller_of(request.scope).name,
         "idempotency_key": key,
         "sdk_retry": retry.isdigit() and int(retry) >= 1,
-        "cache": CachePolicy.from_header(headers.get("cache-control")),
+        "cache": CachePolicy.from_header(found.get(b"cache-control")),
     }
 
 

@@ -15,8 +15,8 @@ reads. `check` is the same test without a hold, for a streamed answer to refuse 
 
 from __future__ import annotations
 
+import itertools
 import math
-import secrets
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +29,8 @@ from flux_proxy.metrics import Metrics
 from flux_proxy.models import ModelSpec
 from flux_proxy.settings import Settings
 from flux_proxy.store.base import KeyReservation, StateStore, UsageRow
+
+_UNHELD = itertools.count(1)  # ids of the holds of keys without limits
 
 
 class KeyQuota:
@@ -107,7 +109,8 @@ class KeyQuota:
         if not caller.limited:
             # Nothing to hold against: no store round trip on the hot path (on SQLite a write
             # transaction). Settling still writes the usage rows.
-            hold = KeyReservation(secrets.token_hex(16), caller.name, day, images, neurons)
+            # Never stored, so a local counter names it (no random bytes per request).
+            hold = KeyReservation(f"unheld-{next(_UNHELD)}", caller.name, day, images, neurons)
             return QuotaHold(self, caller, hold, model, per_image)
         hold = await self.store.try_reserve_key(
             caller.name,

@@ -143,12 +143,17 @@ USAGE_COUNTERS = ("images", "neurons", "requests", "cache_hits", "neurons_saved"
 def add_rows(total: UsageRow | None, increment: UsageRow) -> UsageRow:
     if total is None:
         return increment
+    # Spelled out (not a loop over USAGE_COUNTERS): it runs once per request per row.
     return UsageRow(
         total.day,
         total.key,
         total.account,
         total.model,
-        **{name: getattr(total, name) + getattr(increment, name) for name in USAGE_COUNTERS},
+        images=total.images + increment.images,
+        neurons=total.neurons + increment.neurons,
+        requests=total.requests + increment.requests,
+        cache_hits=total.cache_hits + increment.cache_hits,
+        neurons_saved=total.neurons_saved + increment.neurons_saved,
     )
 
 

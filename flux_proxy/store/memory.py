@@ -24,6 +24,8 @@ from flux_proxy.store.base import (
     empty_line_counts,
 )
 
+SWEEP_SECONDS = 30.0  # how often a write also drops the expired entries of its kind
+
 
 class MemoryStore:
     name = "memory"
@@ -48,6 +50,8 @@ class MemoryStore:
         self._cache_bytes = 0
 
         self._usage_rows: dict[tuple[str, str, str, str], UsageRow] = {}  # (day, key, acct, model)
+        self._rows_pruned_to = ""  # the oldest day kept, as of the last prune
+        self._swept: dict[str, float] = {}  # what -> when its expired entries were last dropped
         self._key_holds: dict[str, tuple[KeyReservation, float]] = {}  # id -> (hold, expires)
         # work: markers key -> (holder, expires), results key -> (data, expires), and the
         # cache key -> (data, expires) in least-recently-used-first order.
@@ -113,11 +117,21 @@ class MemoryStore:
             a: Usage(self._used.get((a, day), 0.0), self._reserved(a, day, now)) for a in accounts
         }
 
+    def _sweep_due(self, what: str, now: float) -> bool:
+        """Whether to drop `what`'s expired entries now: every SWEEP_SECONDS, not on every
+        write (a scan of every entry per write grew with the store). Reads check expiry
+        themselves, so an expired entry is never served in between."""
+        if now < self._swept.get(what, float("-inf")) + SWEEP_SECONDS:
+            return False
+        self._swept[what] = now
+        return True
+
     async def put_blob(self, key: str, data: bytes, content_type: str, ttl: float) -> None:
         now = self._clock.now()
-        for k, (_, _, expires) in list(self._blobs.items()):
-            if expires <= now:
-                del self._blobs[k]
+        if self._sweep_due("blobs", now):
+            for k, (_, _, expires) in list(self._blobs.items()):
+                if expires <= now:
+                    del self._blobs[k]
         self._blobs[key] = (data, content_type, now + ttl)
 
     async def get_blob(self, key: str) -> tuple[bytes, str] | None:
@@ -143,8 +157,10 @@ class MemoryStore:
 
     def _add_rows(self, rows: list[UsageRow], keep_days: int) -> None:
         oldest = utc_day(self._clock.now() - keep_days * 86400)
-        for key in [k for k in self._usage_rows if k[0] < oldest]:
-            del self._usage_rows[key]
+        if oldest != self._rows_pruned_to:  # once a day, not a scan of every row per request
+            self._rows_pruned_to = oldest
+            for key in [k for k in self._usage_rows if k[0] < oldest]:
+                del self._usage_rows[key]
         for row in rows:
             index = (row.day, row.key, row.account, row.model)
             self._usage_rows[index] = add_rows(self._usage_rows.get(index), row)
@@ -221,9 +237,10 @@ class MemoryStore:
 
     async def put_result(self, key: str, data: bytes, ttl: float) -> None:
         now = self._clock.now()
-        for k, (_, expires) in list(self._results.items()):
-            if expires <= now:
-                del self._results[k]
+        if self._sweep_due("results", now):
+            for k, (_, expires) in list(self._results.items()):
+                if expires <= now:
+                    del self._results[k]
         self._results[key] = (data, now + ttl)
 
     async def get_result(self, key: str) -> bytes | None:
@@ -238,7 +255,8 @@ class MemoryStore:
             return
         self._cache[key] = (data, self._clock.now() + ttl)
         self._cache_bytes += len(data)
-        self._cache_expire()
+        if self._sweep_due("cache", self._clock.now()):
+            self._cache_expire()
         while self._cache_bytes > max_bytes and self._cache:
             self._cache_remove(next(iter(self._cache)))
 
@@ -272,9 +290,10 @@ class MemoryStore:
     # --- jobs ---
     async def put_job(self, job: JobRecord, ttl: float) -> None:
         now = self._clock.now()
-        for job_id, (_, expires) in list(self._jobs.items()):
-            if expires <= now:
-                del self._jobs[job_id]
+        if self._sweep_due("jobs", now):
+            for job_id, (_, expires) in list(self._jobs.items()):
+                if expires <= now:
+                    del self._jobs[job_id]
         self._jobs[job.id] = (job, now + ttl)
 
     async def get_job(self, job_id: str) -> JobRecord | None:

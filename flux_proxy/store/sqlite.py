@@ -35,7 +35,7 @@ from flux_proxy.store.base import Block, Reservation, Usage
 from flux_proxy.store.sqlite_batches import BATCHES_SCHEMA, SqliteBatches
 from flux_proxy.store.sqlite_jobs import JOBS_SCHEMA, SqliteJobs
 from flux_proxy.store.sqlite_keys import KEYS_SCHEMA, SqliteKeys
-from flux_proxy.store.sqlite_work import WORK_SCHEMA, SqliteWork
+from flux_proxy.store.sqlite_work import WORK_SCHEMA, WORK_TRIGGERS, SqliteWork
 
 T = TypeVar("T")
 
@@ -140,7 +140,8 @@ class SqliteStore(SqliteWork, SqliteJobs, SqliteBatches, SqliteKeys):
     def _connect(self) -> None:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self._conn = connect_wal(self.path)
-        self._write(lambda c: [c.execute(s) for s in _SCHEMA.split(";") if s.strip()])
+        statements = [s for s in _SCHEMA.split(";") if s.strip()] + list(WORK_TRIGGERS)
+        self._write(lambda c: [c.execute(s) for s in statements])
 
     def _disconnect(self) -> None:
         if self._conn is not None:

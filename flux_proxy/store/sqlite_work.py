@@ -32,7 +32,23 @@ CREATE TABLE IF NOT EXISTS cache (
     used_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cache_by_use ON cache (used_at);
+-- The cache's total size, kept by triggers: a put needs it, and summing every row per put
+-- grew with the cache. Filled from the rows the first time (a store from before it).
+CREATE TABLE IF NOT EXISTS cache_total (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO cache_total (id, bytes) SELECT 0, COALESCE(SUM(size), 0) FROM cache;
 """
+# Statements with `;` inside, run one by one after the schema (which is split on `;`).
+WORK_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS cache_total_add AFTER INSERT ON cache "
+    "BEGIN UPDATE cache_total SET bytes = bytes + NEW.size WHERE id = 0; END",
+    "CREATE TRIGGER IF NOT EXISTS cache_total_drop AFTER DELETE ON cache "
+    "BEGIN UPDATE cache_total SET bytes = bytes - OLD.size WHERE id = 0; END",
+)
+
+EVICT_BATCH = 64  # least recently used entries looked at per round of eviction
 
 
 class SqliteWork:
@@ -128,19 +144,25 @@ def _next_use(conn: sqlite3.Connection) -> int:
 def _cache_put(
     conn: sqlite3.Connection, key: str, data: bytes, now: float, ttl: float, max_bytes: int
 ) -> None:
-    conn.execute("DELETE FROM cache WHERE key = ? OR expires_at <= ?", (key, now))
+    # Expired rows are left to the store's periodic sweep (reads skip them): a put costs
+    # the same with ten entries or a hundred thousand.
+    conn.execute("DELETE FROM cache WHERE key = ?", (key,))
     if len(data) > max_bytes:
         return
     conn.execute(
         "INSERT INTO cache (key, data, size, expires_at, used_at) VALUES (?, ?, ?, ?, ?)",
         (key, data, len(data), now + ttl, _next_use(conn)),
     )
-    (total,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM cache").fetchone()
-    for old_key, size in conn.execute("SELECT key, size FROM cache ORDER BY used_at").fetchall():
-        if total <= max_bytes:
-            break
-        conn.execute("DELETE FROM cache WHERE key = ?", (old_key,))
-        total -= size
+    (total,) = conn.execute("SELECT bytes FROM cache_total WHERE id = 0").fetchone()
+    while total > max_bytes:
+        oldest = conn.execute(
+            "SELECT key, size FROM cache ORDER BY used_at LIMIT ?", (EVICT_BATCH,)
+        ).fetchall()
+        for old_key, size in oldest:
+            if total <= max_bytes:
+                break
+            conn.execute("DELETE FROM cache WHERE key = ?", (old_key,))
+            total -= size
 
 
 def _cache_get(conn: sqlite3.Connection, key: str, now: float) -> bytes | None:

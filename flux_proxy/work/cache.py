@@ -86,12 +86,10 @@ class SeededCache:
         claimed = False
         result: GeneratedImage | None = None
         try:
-            found = await self._wait_for_other_replica(key, wait_limit)
+            found, claimed = await self._claim_or_wait(key, marker, wait_limit)
             if found is not None:
                 result = found
                 return found, True
-            # A marker for other replicas; if another took it meanwhile we still go on.
-            claimed = await self.store.claim(marker, self.holder, wait_limit) is None
             result = await make()
             try:
                 await self.put(key, result)
@@ -106,15 +104,21 @@ class SeededCache:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.store.unclaim(marker, self.holder))
 
-    async def _wait_for_other_replica(self, key: str, limit: float) -> GeneratedImage | None:
-        """While another process holds the flight marker, poll for its entry."""
-        marker = "flight:" + key
+    async def _claim_or_wait(
+        self, key: str, marker: str, limit: float
+    ) -> tuple[GeneratedImage | None, bool]:
+        """Take the flight marker (one store round trip when nobody holds it), or, while
+        another process holds it, poll for its entry. Returns (its image, False) when that
+        came; (None, True) when we hold the marker; (None, False) when we lead without it
+        (our own process's old marker, or the wait ran out)."""
         give_up = time.monotonic() + limit  # a wait, like the slots': not wall time
-        while (holder := await self.store.holder_of(marker)) is not None:
+        while True:
+            holder = await self.store.claim(marker, self.holder, limit)
+            if holder is None:
+                return None, True
             if holder == self.holder or time.monotonic() >= give_up:
-                return None
+                return None, False
             await asyncio.sleep(POLL_SECONDS)
             found = await self.get(key)
             if found is not None:
-                return found
-        return None
+                return found, False
