@@ -119,3 +119,20 @@ def test_targets_are_judged_from_the_figures(smoke):
     assert any(name.startswith("throughput") for name in names)
     assert any(name.startswith("upstream calls") for name in names)
     assert all(isinstance(target["met"], bool) for target in results["targets"])
+
+
+def test_request_path_benchmark_measures_its_three_cases():
+    finished = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "request_path.py"), "--requests", "30"]
+        + ["--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    lines = finished.stdout.splitlines()
+    assert lines[0].startswith("python 3.") and "1 rounds of 30 requests" in lines[0]
+    figures = {line[:14].strip(): float(line[14:].split()[0]) for line in lines[1:]}
+    assert set(figures) == {"unseeded", "seeded repeat", "seeded miss"}
+    assert all(value > 0 for value in figures.values())
