@@ -122,9 +122,9 @@ def test_targets_are_judged_from_the_figures(smoke):
 
 
 def test_request_path_benchmark_measures_its_three_cases():
+    script = ROOT / "benchmarks" / "request_path.py"
     finished = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "request_path.py"), "--requests", "30"]
-        + ["--rounds", "1"],
+        [sys.executable, str(script), "--requests", "30", "--rounds", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
