@@ -8,6 +8,7 @@ Real uvicorn servers and the real openai SDK against the emulator over HTTP.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import time
 from collections.abc import Iterator
@@ -15,14 +16,8 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from conftest import API_KEY, start_proxy
+from conftest import API_KEY
 from PIL import Image
-
-from flux_proxy.api.caller import Caller
-from flux_proxy.app import create_app
-from flux_proxy.clock import FrozenClock
-from flux_proxy.settings import Settings
-from flux_proxy.store.memory import MemoryStore
 
 ASYNC = {"Prefer": "respond-async"}
 SECOND_KEY = "test-key-second-fedcba9876543210"
@@ -199,37 +194,28 @@ def test_an_admin_key_reads_a_job_another_admin_key_made(make_proxy):
     assert other.status_code == 200 and other.json()["id"] == first["id"]
 
 
-class NamedCallers:
-    """Stands in for the keys file the teams engineer adds (not on this branch yet): the
-    proxy runs with NO_AUTH and this outer layer puts `X-Test-Caller: name[:role]` on the
-    request as its `Caller`, so the jobs code sees real non-admin owners."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            for key, value in scope["headers"]:
-                if key == b"x-test-caller":
-                    name, _, role = value.decode().partition(":")
-                    scope.setdefault("state", {})["caller"] = Caller(name, role or "user")
-        await self.app(scope, receive, send)
+USER_KEYS = {
+    "alice": "fpx-alice-jobs-" + "a" * 26,
+    "bob": "fpx-bob-jobs-" + "b" * 28,
+    "root": "fpx-root-jobs-" + "r" * 27,
+}
 
 
 @pytest.fixture
-def users_proxy(emulator):
-    settings = Settings(
-        no_auth=True,
-        cf_api_base_url=emulator.base_url,
-        accounts=emulator.account_configs(),
-        state_backend="memory",
-    )
-    clock = FrozenClock(time.time())
-    store = MemoryStore(clock)
-    app = create_app(settings, clock=clock, store=store)
-    handle = start_proxy(NamedCallers(app), settings, clock, store, "")
-    yield handle
-    handle.stop()
+def users_proxy(make_proxy, tmp_path):
+    """Named keys (API_KEYS_FILE): alice and bob are users, root is an admin."""
+    tables = []
+    for name, key in USER_KEYS.items():
+        role = "admin" if name == "root" else "user"
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        tables.append(f'[[keys]]\nname = "{name}"\nkey_sha256 = "{digest}"\nrole = "{role}"\n')
+    path = tmp_path / "keys.toml"
+    path.write_text("\n".join(tables))
+    return make_proxy(api_keys_file=path)
+
+
+def as_user(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {USER_KEYS[name]}"}
 
 
 def test_a_job_read_or_cancelled_by_another_user_is_404(users_proxy, emulator):
@@ -239,14 +225,14 @@ def test_a_job_read_or_cancelled_by_another_user_is_404(users_proxy, emulator):
             made = http.post(
                 "/v1/images/generations",
                 json={"prompt": "mine", "response_format": "b64_json"},
-                headers={**ASYNC, "X-Test-Caller": "alice"},
+                headers={**ASYNC, **as_user("alice")},
             ).json()
             path = f"/v1/images/jobs/{made['id']}"
             for method in ("GET", "DELETE"):
-                other = http.request(method, path, headers={"X-Test-Caller": "bob"})
+                other = http.request(method, path, headers=as_user("bob"))
                 assert other.status_code == 404
                 assert other.json()["error"]["code"] == "job_not_found"
-            assert http.get(path, headers={"X-Test-Caller": "root:admin"}).status_code == 200
+            assert http.get(path, headers=as_user("root")).status_code == 200
             job = wait_for_status_as(http, path, "alice")
             assert job["status"] == "completed"
     finally:
@@ -256,7 +242,7 @@ def test_a_job_read_or_cancelled_by_another_user_is_404(users_proxy, emulator):
 def wait_for_status_as(http: httpx.Client, path: str, who: str, deadline=30.0):
     end = time.monotonic() + deadline
     while True:
-        job = http.get(path, headers={"X-Test-Caller": who}).json()
+        job = http.get(path, headers=as_user(who)).json()
         if job["status"] in ("completed", "failed") or time.monotonic() > end:
             return job
         time.sleep(0.05)
