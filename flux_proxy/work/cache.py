@@ -71,11 +71,14 @@ class SeededCache:
         make: Callable[[], Awaitable[GeneratedImage]],
         *,
         wait_limit: float,
+        on_wait: Callable[[], None] = lambda: None,
     ) -> tuple[GeneratedImage, bool]:
         """The image for `key`: another flight's (True: no call made here) or our own `make()`
         (False), which is then cached. At most one flight per key makes the call: the local
-        leader registers before its first await, so no two requests here both lead."""
+        leader registers before its first await, so no two requests here both lead.
+        `on_wait` is called when this has to wait for another flight."""
         while (flight := self._flights.get(key)) is not None:
+            on_wait()
             image = await asyncio.shield(flight)
             if image is not None:
                 return image, True
@@ -86,7 +89,7 @@ class SeededCache:
         claimed = False
         result: GeneratedImage | None = None
         try:
-            found = await self._wait_for_other_replica(key, wait_limit)
+            found = await self._wait_for_other_replica(key, wait_limit, on_wait)
             if found is not None:
                 result = found
                 return found, True
@@ -106,13 +109,16 @@ class SeededCache:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.store.unclaim(marker, self.holder))
 
-    async def _wait_for_other_replica(self, key: str, limit: float) -> GeneratedImage | None:
+    async def _wait_for_other_replica(
+        self, key: str, limit: float, on_wait: Callable[[], None]
+    ) -> GeneratedImage | None:
         """While another process holds the flight marker, poll for its entry."""
         marker = "flight:" + key
         give_up = time.monotonic() + limit  # a wait, like the slots': not wall time
         while (holder := await self.store.holder_of(marker)) is not None:
             if holder == self.holder or time.monotonic() >= give_up:
                 return None
+            on_wait()
             await asyncio.sleep(POLL_SECONDS)
             found = await self.get(key)
             if found is not None:
