@@ -168,7 +168,7 @@ async def image_events(
                     yield KEEPALIVE
                 continue
             image = ready.get_nowait()
-            output = await finish(image.image, image_request, image.seed)
+            output = await finish(image.image, image_request, image.seed, cached=image.cached)
             url = None
             if image_request.response_format == "url":
                 url = await store_image(output, services.images, base_url)

@@ -1,10 +1,11 @@
-"""Streamed answers and the work layer (issue 9): a `stream: true` answer carries the same
-`x-flux-cache` / `x-flux-replayed` headers as a JSON one, and a request the work layer refuses
-before any image is made (an Idempotency-Key reused with another request) is a plain HTTP
-error the openai SDK raises as such, not an error event inside a 200 stream.
+"""How the work layer's answers present themselves (issue 9), JSON and streamed alike.
 
-The cache lookup and the repeat check happen before the stream's headers are sent; only a
-repeat that has to wait for identical work still in flight starts without them.
+- A `stream: true` answer carries the same `x-flux-cache` / `x-flux-replayed` headers as a JSON
+  one, and a request the work layer refuses before any image is made (an Idempotency-Key reused
+  with another request) is a plain HTTP error the openai SDK raises as such, not an error event
+  inside a 200 stream. The cache lookup and the repeat check happen before the stream's headers
+  are sent; only a repeat that has to wait for identical work still in flight starts without.
+- A cache hit cost nothing: its `usage.neurons` is 0 (as the MCP tools and `/v1/usage` say).
 """
 
 from __future__ import annotations
@@ -82,4 +83,19 @@ def test_a_reused_idempotency_key_on_a_stream_is_a_422_the_sdk_raises_before_str
         streamed(client, key, prompt="a different picture")
     assert caught.value.status_code == 422
     assert caught.value.body["code"] == "idempotency_key_reused"
+    assert len(emulator.calls()) == 1
+
+
+def test_a_cache_hit_reports_zero_neurons_in_its_usage_json_and_streamed(client, emulator):
+    body = {"prompt": "a lighthouse at dusk", "size": "256x256", "extra_body": {"seed": 9}}
+    made = client.images.generate(response_format="b64_json", **body)
+    [call] = emulator.calls()
+    assert call["neurons"] > 0
+    assert made.usage.model_extra["neurons"] == pytest.approx(call["neurons"], abs=0.01)
+
+    hit = client.images.with_raw_response.generate(response_format="b64_json", **body)
+    assert hit.headers["x-flux-cache"] == "hit"
+    assert hit.parse().usage.model_extra["neurons"] == 0
+    _, events = streamed(client, **body)
+    assert [e.usage.model_extra["neurons"] for e in events] == [0]
     assert len(emulator.calls()) == 1
