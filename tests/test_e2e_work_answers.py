@@ -74,6 +74,15 @@ def test_a_streamed_repeat_of_an_idempotency_key_is_marked_replayed(client, emul
     assert [e.b64_json for e in events] == [first.data[0].b64_json]
 
 
+def test_a_streamed_replay_keeps_the_created_time_of_the_work_it_replays(proxy, client):
+    key = {"Idempotency-Key": f"order-{uuid.uuid4().hex}"}
+    first = client.images.generate(prompt="a lighthouse at dusk", size="256x256", extra_headers=key)
+    proxy.clock.advance(120)  # the repeat comes two minutes later
+    headers, events = streamed(client, key)
+    assert headers["x-flux-replayed"] == "true"
+    assert [e.created_at for e in events] == [first.created]
+
+
 def test_a_reused_idempotency_key_on_a_stream_is_a_422_the_sdk_raises_before_streaming(
     client, emulator
 ):

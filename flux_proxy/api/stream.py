@@ -112,6 +112,7 @@ async def image_stream(
         image_request,
         work,
         ready,
+        created=look.created,
         edit=edit,
         request_id=request_id,
         base_url=base_url,
@@ -141,13 +142,14 @@ async def image_events(
     work: asyncio.Future,
     ready: asyncio.Queue[MadeImage],
     *,
+    created: int | None,
     edit: bool,
     request_id: str,
     base_url: str,
     scope: Scope,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of `work`, whose images arrive in `ready`. Never raises: every failure
-    becomes an error event."""
+    """The SSE body of `work`, whose images arrive in `ready`, stamped `created` (a replay's)
+    or as each is ready. Never raises: every failure becomes an error event."""
     event_name = "image_edit.completed" if edit else "image_generation.completed"
     made = 0
     try:
@@ -179,7 +181,7 @@ async def image_events(
                 output,
                 image_request,
                 edit=edit,
-                created_at=int(services.clock.now()),
+                created_at=created or int(services.clock.now()),
                 index=image.index,
                 url=url,
             )

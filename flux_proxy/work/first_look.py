@@ -20,6 +20,7 @@ from flux_proxy.work.results import CacheStatus
 class FirstLook:
     cache: CacheStatus | None  # None: not known before the work ends
     replayed: bool | None
+    created: int | None = None  # a replay's: the `created` of the work it replays
 
 
 OnFirstLook = Callable[[FirstLook], None]

@@ -182,7 +182,7 @@ class ImageWork:
             raise
 
     def _replayed(self, work: _Request, kept: WorkResult, on_image: OnImage | None) -> WorkResult:
-        work.look.tell(FirstLook(kept.cache, True))
+        work.look.tell(FirstLook(kept.cache, True, kept.created))
         self.metrics.results_collected.inc()
         if on_image is not None:
             for made in kept.images:
