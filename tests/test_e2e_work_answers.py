@@ -6,15 +6,20 @@
   inside a 200 stream. The cache lookup and the repeat check happen before the stream's headers
   are sent; only a repeat that has to wait for identical work still in flight starts without.
 - A cache hit cost nothing: its `usage.neurons` is 0 (as the MCP tools and `/v1/usage` say).
+- A result kept after a hang-up says which of its n images were never made (their calls were
+  not sent yet when the caller left), so a retry is not silently short of images.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 
+import httpx
 import openai
 import pytest
+from reliability import connect, request_head, wait_for
 
 
 @pytest.fixture
@@ -108,3 +113,34 @@ def test_a_cache_hit_reports_zero_neurons_in_its_usage_json_and_streamed(client,
     _, events = streamed(client, **body)
     assert [e.usage.model_extra["neurons"] for e in events] == [0]
     assert len(emulator.calls()) == 1
+
+
+def test_a_retry_after_a_hang_up_is_told_which_images_were_never_made(make_proxy, emulator):
+    # One slot: image 0's call is sent (and slow), image 1 waits for the slot when the caller
+    # leaves, so it is dropped unpaid while image 0 is finished and kept.
+    proxy = make_proxy(
+        accounts=emulator.account_configs()[:1], account_concurrency=1, slot_wait_seconds=30
+    )
+    emulator.fault(kind="timeout", latency=2.0, count=1)
+    body = {"prompt": "two, one never sent", "size": "256x256", "n": 2}
+    payload = json.dumps(body).encode()
+    sock = connect(proxy.url)
+    try:
+        head = {**proxy.auth, "Content-Type": "application/json"}
+        head["Content-Length"] = str(len(payload))
+        sock.sendall(request_head("POST", "/v1/images/generations", head) + payload)
+        assert wait_for(lambda: len(emulator.calls()) == 1, 10), emulator.calls()
+    finally:
+        sock.close()
+
+    retry = httpx.post(  # what the openai SDK sends on its own retry
+        proxy.base_url + "/images/generations",
+        json=body,
+        headers={**proxy.auth, "x-stainless-retry-count": "1"},
+        timeout=30,
+    )
+    assert retry.status_code == 200, retry.text
+    assert retry.headers["x-flux-replayed"] == "true"
+    answer = retry.json()
+    assert len(answer["data"]) == 1 and len(emulator.calls()) == 1
+    assert [(e["index"], e["error"]["code"]) for e in answer["errors"]] == [(1, "image_not_made")]

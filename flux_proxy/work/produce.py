@@ -39,7 +39,7 @@ from flux_proxy.work.repeats import (
     key_reused,
     retry_store_key,
 )
-from flux_proxy.work.results import MadeImage, WorkFailed, WorkResult, failure_of
+from flux_proxy.work.results import MadeImage, WorkFailed, WorkResult, failure_of, not_made
 
 __all__ = ["CachePolicy", "ImageWork", "MadeImage", "WorkResult", "failure_of"]
 
@@ -299,7 +299,8 @@ class ImageWork:
         images: list[MadeImage] = []
         errors: list[tuple[int, ApiError]] = []
         for index, task in enumerate(tasks):
-            if task.cancelled():
+            if task.cancelled():  # only after a hang-up: its call was not sent yet
+                errors.append((index, not_made(index)))
                 continue
             error = task.exception()
             if error is not None:

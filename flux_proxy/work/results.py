@@ -83,6 +83,17 @@ def failure_of(error: BaseException, *, request_id: str, index: int) -> ApiError
     return ApiError(500, "internal error", code="internal_error")
 
 
+def not_made(index: int) -> ApiError:
+    """An image of a kept result that was never made: the caller left before its call was
+    sent, so it was dropped unpaid. The retry that collects the result is told so."""
+    return ApiError(
+        503,
+        f"image {index} was not made: the request was abandoned before its call was sent "
+        "(nothing was paid for it); ask for it again",
+        code="image_not_made",
+    )
+
+
 # The stored form: one small JSON header line, then the images' bytes back to back, each in the
 # form it already has (base64 text as ASCII, or raw bytes), so keeping an image costs one copy
 # of it: orjson writing a 6 MB base64 string takes ~5 ms, a plain copy well under 1 ms.
