@@ -21,10 +21,13 @@ async def finish_all(result: WorkResult, image_request: ImageRequest) -> Outcome
     `output_format`/`output_compression` differs from the upstream's bytes)."""
     if len(result.images) == 1:  # no task of its own: one hop less through the event loop
         made = result.images[0]
-        finished = [await finish(made.image, image_request, made.seed)]
+        finished = [await finish(made.image, image_request, made.seed, cached=made.cached)]
     else:
         finished = await asyncio.gather(
-            *(finish(made.image, image_request, made.seed) for made in result.images)
+            *(
+                finish(made.image, image_request, made.seed, cached=made.cached)
+                for made in result.images
+            )
         )
     images = [(made.index, output) for made, output in zip(result.images, finished, strict=True)]
     return Outcome(images, list(result.errors))

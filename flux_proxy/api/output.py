@@ -22,6 +22,13 @@ class OutputImage:
     width: int | None  # None: the model's own size was not asked for nor measured
     height: int | None
     seed: int | None
+    cached: bool = False  # from the seeded cache: it cost no neurons this time
+
+    @property
+    def neurons(self) -> float | None:
+        """What this answer's image cost now (`usage.neurons`): the upstream's figure, 0 for
+        a cache hit."""
+        return 0.0 if self.cached else self.image.neurons
 
     @property
     def output_format(self) -> str:
@@ -43,13 +50,15 @@ def conversion_target(image: GeneratedImage, request: ImageRequest) -> str | Non
     return None
 
 
-async def finish(image: GeneratedImage, request: ImageRequest, seed: int | None) -> OutputImage:
+async def finish(
+    image: GeneratedImage, request: ImageRequest, seed: int | None, *, cached: bool = False
+) -> OutputImage:
     job = request.job
     width = job.width or job.model.default_width
     height = job.height or job.model.default_height
     target = conversion_target(image, request)
     if target is None:
-        return OutputImage(image, width, height, seed)
+        return OutputImage(image, width, height, seed, cached)
     try:
         converted = await asyncio.to_thread(
             convert_output, image.data, target, request.output_compression
@@ -67,4 +76,4 @@ async def finish(image: GeneratedImage, request: ImageRequest, seed: int | None)
         neurons=image.neurons,
         seed=image.seed,
     )
-    return OutputImage(result, converted.width, converted.height, seed)
+    return OutputImage(result, converted.width, converted.height, seed, cached)

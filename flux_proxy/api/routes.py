@@ -29,7 +29,7 @@ from flux_proxy.api.model_lookup import lookup_model
 from flux_proxy.api.parse import build_image_request
 from flux_proxy.api.pool_seam import ImagePool
 from flux_proxy.api.render import FILES_PATH, base_url_for, images_body, json_response
-from flux_proxy.api.stream import image_events, stream_response
+from flux_proxy.api.stream import image_stream
 from flux_proxy.api.variations import VARIATIONS_PATH, build_variation_request
 from flux_proxy.api.work_options import work_headers, work_options
 from flux_proxy.clock import Clock, iso, next_utc_midnight
@@ -100,12 +100,13 @@ async def _images(request: Request, *, edit: bool, build=build_image_request) ->
         return await submit_image_job(request, raw, image_request, options, edit=edit, build=build)
 
     if image_request.stream:
-        # From here on the answer is a 200 event stream; failures become error events.
+        # A 200 event stream once the work's first look is in (refusals before it, such as a
+        # reused Idempotency-Key, are still plain errors); later failures are error events.
         note(request.scope, stream=True)
-        # The key's model list and quota, checked while a 403 or 429 can still be the answer;
-        # the work layer holds the quota itself (a race past this check is an error event).
+        # The key's model list and quota, checked before any work starts; the work layer
+        # holds the quota itself, before its first look (so a race past this is a 429 too).
         await svc.quota.check(caller_of(request.scope), image_request)
-        events = image_events(
+        return await image_stream(
             svc,
             image_request,
             edit=edit,
@@ -114,7 +115,6 @@ async def _images(request: Request, *, edit: bool, build=build_image_request) ->
             scope=request.scope,
             options=options,
         )
-        return stream_response(events)
 
     # A caller who hangs up stops costing what was not sent yet; sent calls finish and their
     # result is kept for a retry (see flux_proxy/work/).

@@ -16,6 +16,11 @@ What a streaming caller gets (status 200, `text/event-stream`):
 
 A request that is invalid before anything is made gets the ordinary JSON 4xx instead: the SDK
 checks the status before it reads a stream and raises the matching error (`BadRequestError`).
+So does one the work layer refuses before any image is made (an Idempotency-Key reused with
+another request: 422; the key's quota: 403/429): the work starts before the headers are sent,
+and the headers wait for its first look (`work/first_look.py`: the repeat check and the cache
+lookups, store reads only), which also gives them `x-flux-cache` and `x-flux-replayed`. A
+repeat waiting for identical work in flight cannot know those yet and goes without them.
 If the caller hangs up, images not yet sent upstream are cancelled; sent ones are finished and
 kept for a retry (see `flux_proxy/work/`). A replayed or cached answer streams the same way.
 """
@@ -34,7 +39,9 @@ from flux_proxy.api.middleware import note
 from flux_proxy.api.output import finish
 from flux_proxy.api.parse import ImageRequest
 from flux_proxy.api.render import store_image, stream_event
+from flux_proxy.api.work_options import first_look_headers
 from flux_proxy.errors import ApiError
+from flux_proxy.work.first_look import UNKNOWN, FirstLook
 from flux_proxy.work.results import MadeImage, WorkFailed
 
 KEEPALIVE = b": keep-alive\n\n"
@@ -58,11 +65,7 @@ def error_event(failures: list[tuple[int, ApiError]], n: int) -> dict:
     return event
 
 
-def stream_response(events: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-
-
-async def image_events(
+async def image_stream(
     services,
     image_request: ImageRequest,
     *,
@@ -71,21 +74,86 @@ async def image_events(
     base_url: str,
     scope: Scope,
     options: dict,
-) -> AsyncIterator[bytes]:
-    """The SSE body, through the work layer (`ImageWork.produce`, each image as it is ready).
-    Never raises: every failure becomes an error event."""
-    yield KEEPALIVE
-    event_name = "image_edit.completed" if edit else "image_generation.completed"
+) -> StreamingResponse:
+    """Start the work (`ImageWork.produce`, each image as it is ready), wait for its first
+    look, and answer with the event stream, its headers saying what that look found. Raises
+    the ApiError of work refused before its first look, while it can still be the status."""
     ready: asyncio.Queue[MadeImage] = asyncio.Queue()
+    looked: asyncio.Future[FirstLook] = asyncio.get_running_loop().create_future()
     work = asyncio.ensure_future(
         services.work.produce(
-            image_request, request_id=request_id, on_image=ready.put_nowait, **options
+            image_request,
+            request_id=request_id,
+            on_image=ready.put_nowait,
+            on_first_look=looked.set_result,
+            **options,
         )
     )
     # Retrieve every outcome, so a failure after a hang-up is not logged as lost.
     work.add_done_callback(lambda t: t.cancelled() or t.exception())
+    try:
+        # Store reads only; bounded all the same, so a slow store still gets the first
+        # keep-alive out within the interval (then without the two headers).
+        await asyncio.wait(
+            {looked, work},
+            timeout=services.settings.stream_keepalive_seconds,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    except BaseException:
+        work.cancel()
+        raise
+    if not looked.done() and work.done() and not work.cancelled():
+        refused = work.exception()
+        if isinstance(refused, ApiError):
+            raise refused
+    look = looked.result() if looked.done() else UNKNOWN
+    events = image_events(
+        services,
+        image_request,
+        work,
+        ready,
+        created=look.created,
+        edit=edit,
+        request_id=request_id,
+        base_url=base_url,
+        scope=scope,
+    )
+    return _WorkStream(work, events, headers={**SSE_HEADERS, **first_look_headers(look)})
+
+
+class _WorkStream(StreamingResponse):
+    """An event stream that cancels its work however the response ends, even when the caller
+    left before the body was first read (the body's own `finally` never runs then)."""
+
+    def __init__(self, work: asyncio.Future, events: AsyncIterator[bytes], headers: dict):
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self.work = work
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.work.cancel()  # done work: nothing; else unsent images go, sent ones finish
+
+
+async def image_events(
+    services,
+    image_request: ImageRequest,
+    work: asyncio.Future,
+    ready: asyncio.Queue[MadeImage],
+    *,
+    created: int | None,
+    edit: bool,
+    request_id: str,
+    base_url: str,
+    scope: Scope,
+) -> AsyncIterator[bytes]:
+    """The SSE body of `work`, whose images arrive in `ready`, stamped `created` (a replay's)
+    or as each is ready. Never raises: every failure becomes an error event."""
+    event_name = "image_edit.completed" if edit else "image_generation.completed"
     made = 0
     try:
+        yield KEEPALIVE
         while not (work.done() and ready.empty()):
             if ready.empty():
                 getter = asyncio.ensure_future(ready.get())
@@ -102,7 +170,7 @@ async def image_events(
                     yield KEEPALIVE
                 continue
             image = ready.get_nowait()
-            output = await finish(image.image, image_request, image.seed)
+            output = await finish(image.image, image_request, image.seed, cached=image.cached)
             url = None
             if image_request.response_format == "url":
                 url = await store_image(output, services.images, base_url)
@@ -113,7 +181,7 @@ async def image_events(
                 output,
                 image_request,
                 edit=edit,
-                created_at=int(services.clock.now()),
+                created_at=created or int(services.clock.now()),
                 index=image.index,
                 url=url,
             )

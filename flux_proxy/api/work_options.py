@@ -17,6 +17,7 @@ from starlette.requests import Request
 from flux_proxy.api.caller import caller_of
 from flux_proxy.errors import invalid
 from flux_proxy.work.cache import CachePolicy
+from flux_proxy.work.first_look import FirstLook
 from flux_proxy.work.results import WorkResult
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -52,7 +53,14 @@ def work_options(request: Request) -> dict:
 
 
 def work_headers(result: WorkResult) -> dict[str, str]:
-    headers = {"x-flux-cache": result.cache}
-    if result.replayed:
+    return first_look_headers(FirstLook(result.cache, result.replayed))
+
+
+def first_look_headers(look: FirstLook) -> dict[str, str]:
+    """The headers for what is known; a streamed answer sends them before its images."""
+    headers = {}
+    if look.cache is not None:
+        headers["x-flux-cache"] = look.cache
+    if look.replayed:
         headers["x-flux-replayed"] = "true"
     return headers

@@ -71,11 +71,14 @@ class SeededCache:
         make: Callable[[], Awaitable[GeneratedImage]],
         *,
         wait_limit: float,
+        on_wait: Callable[[], None] = lambda: None,
     ) -> tuple[GeneratedImage, bool]:
         """The image for `key`: another flight's (True: no call made here) or our own `make()`
         (False), which is then cached. At most one flight per key makes the call: the local
-        leader registers before its first await, so no two requests here both lead."""
+        leader registers before its first await, so no two requests here both lead.
+        `on_wait` is called when this has to wait for another flight."""
         while (flight := self._flights.get(key)) is not None:
+            on_wait()
             image = await asyncio.shield(flight)
             if image is not None:
                 return image, True
@@ -86,7 +89,7 @@ class SeededCache:
         claimed = False
         result: GeneratedImage | None = None
         try:
-            found, claimed = await self._claim_or_wait(key, marker, wait_limit)
+            found, claimed = await self._claim_or_wait(key, marker, wait_limit, on_wait)
             if found is not None:
                 result = found
                 return found, True
@@ -105,12 +108,12 @@ class SeededCache:
                     await asyncio.shield(self.store.unclaim(marker, self.holder))
 
     async def _claim_or_wait(
-        self, key: str, marker: str, limit: float
+        self, key: str, marker: str, limit: float, on_wait: Callable[[], None]
     ) -> tuple[GeneratedImage | None, bool]:
         """Take the flight marker (one store round trip when nobody holds it), or, while
-        another process holds it, poll for its entry. Returns (its image, False) when that
-        came; (None, True) when we hold the marker; (None, False) when we lead without it
-        (our own process's old marker, or the wait ran out)."""
+        another process holds it, poll for its entry (`on_wait` is told). Returns (its image,
+        False) when that came; (None, True) when we hold the marker; (None, False) when we
+        lead without it (our own process's old marker, or the wait ran out)."""
         give_up = time.monotonic() + limit  # a wait, like the slots': not wall time
         while True:
             holder = await self.store.claim(marker, self.holder, limit)
@@ -118,6 +121,7 @@ class SeededCache:
                 return None, True
             if holder == self.holder or time.monotonic() >= give_up:
                 return None, False
+            on_wait()
             await asyncio.sleep(POLL_SECONDS)
             found = await self.get(key)
             if found is not None:

@@ -32,42 +32,36 @@ from flux_proxy.settings import Settings
 from flux_proxy.store.base import StateStore
 from flux_proxy.work.cache import CachePolicy, SeededCache
 from flux_proxy.work.fingerprint import Fingerprint
+from flux_proxy.work.first_look import UNKNOWN, FirstLook, FirstLookSink, OnFirstLook
 from flux_proxy.work.repeats import (
     Repeats,
     idempotency_store_key,
     key_reused,
     retry_store_key,
 )
-from flux_proxy.work.results import MadeImage, WorkFailed, WorkResult
+from flux_proxy.work.results import MadeImage, WorkFailed, WorkResult, failure_of, not_made
 
-__all__ = ["CachePolicy", "ImageWork", "MadeImage", "WorkResult"]
+__all__ = ["CachePolicy", "ImageWork", "MadeImage", "WorkResult", "failure_of"]
 
 OnImage = Callable[[MadeImage], None]
-
-
-def failure_of(error: BaseException, *, request_id: str, index: int) -> ApiError:
-    """An image's failure as a caller may see it: ApiErrors as they are, anything else an
-    internal error (logged by type, never shown)."""
-    if isinstance(error, ApiError):
-        return error
-    log_event(
-        "generate_failed",
-        logging.ERROR,
-        request_id=request_id,
-        index=index,
-        error=type(error).__name__,
-    )
-    return ApiError(500, "internal error", code="internal_error")
 
 
 class _Request:
     """One `produce` call's context; the fingerprint is computed at most once."""
 
-    def __init__(self, request: ImageRequest, caller: str, request_id: str, cache: CachePolicy):
+    def __init__(
+        self,
+        request: ImageRequest,
+        caller: str,
+        request_id: str,
+        cache: CachePolicy,
+        on_first_look: OnFirstLook | None,
+    ):
         self.request = request
         self.caller = caller
         self.request_id = request_id
         self.cache = cache
+        self.look = FirstLookSink(on_first_look, request.n)
         self._fingerprint: Fingerprint | None = None
 
     @property
@@ -121,24 +115,28 @@ class ImageWork:
         sdk_retry: bool = False,
         cache: CachePolicy = CachePolicy.USE,
         on_image: OnImage | None = None,
+        on_first_look: OnFirstLook | None = None,
     ) -> WorkResult:
         """The images of `request` for `caller` (`Caller.name`).
 
         Raises `WorkFailed` (an ApiError: the first image's failure, with every image's in
         `errors`) when no image was made; with some made, the failures are in
         `WorkResult.errors`. `on_image` is called as each image is ready (for
-        streaming). Cancelling this (the caller left) cancels what has not been sent and lets
-        sent calls finish, keeping their result for a retry.
+        streaming). `on_first_look` is called once, before any image is made, with what is
+        known of the answer by then (`first_look.py`: for a stream's headers); a refusal before
+        that point (422, the key's quota) is raised before it is called. Cancelling this (the
+        caller left) cancels what has not been sent and lets sent calls finish, keeping their
+        result for a retry.
         """
-        work = _Request(request, caller, request_id, cache)
+        work = _Request(request, caller, request_id, cache, on_first_look)
         if idempotency_key is not None:
             return await self._by_idempotency_key(work, idempotency_key, on_image)
         if sdk_retry:
             key = retry_store_key(caller, work.fingerprint.request)
-            await self.repeats.wait(key, self._work_limit)
+            await self.repeats.wait(key, self._work_limit, on_wait=lambda: work.look.tell(UNKNOWN))
             kept = await self.repeats.collect(key, work.fingerprint.request)
             if kept is not None:
-                return self._replayed(kept, on_image)
+                return self._replayed(work, kept, on_image)
         return await self._make(work, on_image, claimed=None)
 
     async def close(self) -> None:
@@ -159,12 +157,13 @@ class ImageWork:
         while True:
             kept = await self.repeats.collect(key, fingerprint)
             if kept is not None:
-                return self._replayed(kept, on_image)
+                return self._replayed(work, kept, on_image)
             holder = await self._claim_or_release(key, fingerprint)
             if holder is None:
                 return await self._make(work, on_image, claimed=key)
             if holder != fingerprint:
                 raise key_reused()
+            work.look.tell(UNKNOWN)  # a replay, or new work if that one fails
             await self.repeats.wait(key, self._work_limit)
 
     async def _claim_or_release(self, key: str, fingerprint: str) -> str | None:
@@ -182,7 +181,8 @@ class ImageWork:
             claiming.add_done_callback(release_if_claimed)
             raise
 
-    def _replayed(self, kept: WorkResult, on_image: OnImage | None) -> WorkResult:
+    def _replayed(self, work: _Request, kept: WorkResult, on_image: OnImage | None) -> WorkResult:
+        work.look.tell(FirstLook(kept.cache, True, kept.created))
         self.metrics.results_collected.inc()
         if on_image is not None:
             for made in kept.images:
@@ -203,6 +203,10 @@ class ImageWork:
             if claimed is not None:  # refused: the Idempotency-Key is free for a later try
                 await asyncio.shield(self.repeats.release(claimed, work.fingerprint.request))
             raise
+        if not self._cacheable(work):
+            work.look.tell(FirstLook("bypass", False))
+        elif work.cache is CachePolicy.REFRESH:
+            work.look.tell(FirstLook("miss", False))
         jobs = work.request.jobs()
         progress = [CallProgress() for _ in jobs]
         tasks = [
@@ -245,12 +249,16 @@ class ImageWork:
         )
 
         async def make():
+            work.look.image(index, "miss")  # no cached image to give: it is made here
             return await self.pool.generate(job, request_id=work.request_id, progress=progress)
 
-        if not cacheable:
-            made = MadeImage(index, await make(), job.seed)
-        else:
-            made = await self._seeded(work, index, job, make)
+        try:
+            if not cacheable:
+                made = MadeImage(index, await make(), job.seed)
+            else:
+                made = await self._seeded(work, index, job, make)
+        finally:
+            work.look.image(index, None)  # failed before its lookup said anything
         if on_image is not None:
             on_image(made)
         return made
@@ -264,9 +272,13 @@ class ImageWork:
             found = await self.cache.get(key)
             if found is None:
                 found, shared = await self.cache.single_flight(
-                    key, make, wait_limit=self._work_limit
+                    key,
+                    make,
+                    wait_limit=self._work_limit,
+                    on_wait=lambda: work.look.image(index, None),
                 )
             else:
+                work.look.image(index, "hit")
                 shared = True
         else:  # REFRESH: make anew, then replace the entry
             found, shared = await make(), False
@@ -287,7 +299,8 @@ class ImageWork:
         images: list[MadeImage] = []
         errors: list[tuple[int, ApiError]] = []
         for index, task in enumerate(tasks):
-            if task.cancelled():
+            if task.cancelled():  # only after a hang-up: its call was not sent yet
+                errors.append((index, not_made(index)))
                 continue
             error = task.exception()
             if error is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from hashlib import blake2b
 
 from flux_proxy.errors import ApiError
@@ -104,13 +105,16 @@ class Repeats:
             if event is not None:
                 event.set()
 
-    async def wait(self, key: str, limit: float) -> None:
+    async def wait(
+        self, key: str, limit: float, on_wait: Callable[[], None] = lambda: None
+    ) -> None:
         """Until nobody holds `key` (the work under it ended, kept or failed); 409 after
-        `limit` seconds."""
+        `limit` seconds. `on_wait` is called when there is something to wait for."""
         give_up = time.monotonic() + limit  # a wait, like the slots': not wall time
         while True:
             event = self._ended.get(key)
             if event is not None:
+                on_wait()
                 try:
                     async with asyncio.timeout(max(0.0, give_up - time.monotonic())):
                         await event.wait()
@@ -119,6 +123,7 @@ class Repeats:
                 return
             if await self.store.holder_of(key) is None:
                 return
+            on_wait()
             if time.monotonic() >= give_up:
                 raise still_in_progress()
             await asyncio.sleep(POLL_SECONDS)

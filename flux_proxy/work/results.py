@@ -7,6 +7,7 @@ images' bytes (see below); the same codec serves the seeded cache's single image
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -14,6 +15,7 @@ import orjson
 
 from flux_proxy.errors import ApiError
 from flux_proxy.job import GeneratedImage
+from flux_proxy.logs import log_event
 
 CacheStatus = Literal["hit", "miss", "bypass"]
 
@@ -64,6 +66,32 @@ class WorkFailed(ApiError):
             headers=first.headers,
         )
         self.errors = errors
+
+
+def failure_of(error: BaseException, *, request_id: str, index: int) -> ApiError:
+    """An image's failure as a caller may see it: ApiErrors as they are, anything else an
+    internal error (logged by type, never shown)."""
+    if isinstance(error, ApiError):
+        return error
+    log_event(
+        "generate_failed",
+        logging.ERROR,
+        request_id=request_id,
+        index=index,
+        error=type(error).__name__,
+    )
+    return ApiError(500, "internal error", code="internal_error")
+
+
+def not_made(index: int) -> ApiError:
+    """An image of a kept result that was never made: the caller left before its call was
+    sent, so it was dropped unpaid. The retry that collects the result is told so."""
+    return ApiError(
+        503,
+        f"image {index} was not made: the request was abandoned before its call was sent "
+        "(nothing was paid for it); ask for it again",
+        code="image_not_made",
+    )
 
 
 # The stored form: one small JSON header line, then the images' bytes back to back, each in the
