@@ -291,3 +291,40 @@ def test_without_a_mask_model_a_mask_stays_a_400(make_proxy, emulator):
     assert caught.value.body["param"] == "mask"
     assert "MASK_MODEL" in caught.value.body["message"]
     assert emulator.calls() == []
+
+
+# --- the size of an image that is changed, not drawn anew -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image_size", "made"),
+    [((96, 64), (384, 256)), ((1200, 800), (1024, 680)), ((512, 512), (512, 512))],
+)
+def test_an_inpainting_edit_with_no_size_keeps_the_images_shape(proxy, emulator, image_size, made):
+    # Before: every such edit was sent as 1024x1024, so a 3:2 photo came back stretched square.
+    width, height = image_size
+    result = client_for(proxy).images.edit(
+        image=("room.png", picture(width, height), "image/png"),
+        mask=("mask.png", half_transparent_mask(width, height), "image/png"),
+        prompt="a red sofa",
+        response_format="b64_json",
+    )
+    (call,) = emulator.calls()
+    assert call["model"] == INPAINTING
+    assert (call["fields"]["width"], call["fields"]["height"]) == made
+    assert result.size == f"{made[0]}x{made[1]}"
+    (item,) = result.data
+    assert Image.open(io.BytesIO(base64.b64decode(item.b64_json))).size == made
+
+
+def test_an_img2img_edit_with_no_size_keeps_the_images_shape_and_a_size_still_wins(proxy, emulator):
+    client = client_for(proxy)
+    for size in (None, "512x512"):
+        client.images.edit(
+            model="stable-diffusion-v1-5-img2img",
+            image=("photo.png", picture(300, 200), "image/png"),
+            prompt="as a watercolour",
+            **({"size": size} if size else {}),
+        )
+    shapes = [(c["fields"]["width"], c["fields"]["height"]) for c in emulator.calls()]
+    assert shapes == [(384, 256), (512, 512)]

@@ -141,6 +141,8 @@ async def assemble(
     _check_image_count(pending, model)
     references = await prepare_references(pending, model)
     job_mask = await _prepared_mask(mask, pending, references) if mask is not None else None
+    if references and model.takes_mask and _no_size_asked(body):
+        width, height = image_shaped_size(model, references[0].width, references[0].height)
 
     job = ImageJob(
         model=model,
@@ -254,6 +256,31 @@ def _size(body: ImageOptions, model: ModelSpec) -> tuple[int | None, int | None]
         width if width is not None else model.default_width,
         height if height is not None else model.default_height,
     )
+
+
+def _no_size_asked(body: ImageOptions) -> bool:
+    return size_of(body.size) is None and body.width is None and body.height is None
+
+
+def image_shaped_size(model: ModelSpec, width: int, height: int) -> tuple[int, int]:
+    """The size to make when an image is changed rather than drawn anew (the SD family's
+    img2img and inpainting, whose `image` is the one to change): the image's own shape, so a
+    3:2 photo is not stretched square and the mask stays over what it marks. Scaled into the
+    model's range, each side a multiple of 8 (Stable Diffusion's latent grid)."""
+    bounds = model.size_range
+    if bounds is None:
+        return model.default_width or width, model.default_height or height
+    scale = 1.0
+    if min(width, height) < bounds.minimum:
+        scale = bounds.minimum / min(width, height)
+    if max(width, height) * scale > bounds.maximum:
+        scale = bounds.maximum / max(width, height)
+
+    def side(value: int) -> int:
+        eights = max(1, round(value * scale / 8)) * 8
+        return min(bounds.maximum, max(bounds.minimum, eights))
+
+    return side(width), side(height)
 
 
 def _steps(steps: int | None, model: ModelSpec) -> int | None:
