@@ -21,7 +21,13 @@ from flux_proxy.errors import ApiError
 from flux_proxy.job import GeneratedImage, ImageJob
 from flux_proxy.logs import log_event
 from flux_proxy.metrics import Metrics
-from flux_proxy.pool_errors import RequestTally, busy_error, nothing_usable, rejected_input
+from flux_proxy.pool_errors import (
+    RequestTally,
+    beyond_every_budget,
+    busy_error,
+    nothing_usable,
+    rejected_input,
+)
 from flux_proxy.routing import order_accounts
 from flux_proxy.settings import AccountConfig, Settings
 from flux_proxy.slots import SlotBoard
@@ -118,6 +124,12 @@ class AccountPool:
         order = await self._order()
         if accounts is not None:
             order = [account for account in order if account.number in accounts]
+        budgets = [self.settings.budget_for(account) for account in order]
+        never = beyond_every_budget(
+            job, [None if b is None else max(0.0, b - keep_back) for b in budgets]
+        )
+        if never is not None:
+            raise never
         slot_wait_until: float | None = None
         while True:
             busy: list[AccountConfig] = []

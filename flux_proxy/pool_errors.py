@@ -72,6 +72,26 @@ def nothing_usable(run: RequestTally, job: ImageJob, deadline: float, now: float
     )
 
 
+def beyond_every_budget(job: ImageJob, budgets: list[float | None]) -> ApiError | None:
+    """An image whose estimate is more than the largest daily budget it may use can never be
+    made, today or after 00:00 UTC: say so as the caller's 400 (change size, steps or model),
+    not as a 429 to wait out. `budgets` are each candidate account's room for a whole day
+    (None: unlimited)."""
+    if not budgets or any(budget is None for budget in budgets):
+        return None
+    largest = max(budget for budget in budgets if budget is not None)
+    estimate = job.estimated_neurons()
+    if estimate <= largest:
+        return None
+    return ApiError(
+        400,
+        f"This image is estimated at {estimate:,.2f} neurons, more than any account's daily "
+        f"budget ({largest:,.2f}), so no account can ever make it; ask for a smaller size, "
+        f"fewer steps or another model",
+        code="exceeds_daily_budget",
+    )
+
+
 def rejected_input(attempt: Attempt) -> ApiError:
     """Cloudflare refused the input itself: the caller's fault, no other account is tried.
     A refused request form (405) is the proxy's fault, and no account would answer otherwise."""
