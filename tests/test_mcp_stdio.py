@@ -52,6 +52,10 @@ async def test_stdio_lists_every_tool_with_schemas_at_the_current_protocol(tmp_p
     assert generate["properties"]["n"]["maximum"] == 4
     assert "local file path" in generate["properties"]["reference_images"]["description"]
     assert tools["edit_image"].input_schema["required"] == ["prompt", "images"]
+    # An agent must know OpenAI's mask convention, and that any model may be named with one.
+    mask = tools["edit_image"].input_schema["properties"]["mask"]["description"]
+    assert "fully transparent pixels are repainted" in mask
+    assert "stable-diffusion-v1-5-inpainting" in mask
     assert tools["account_status"].annotations.read_only_hint is True
     assert tools["submit_batch"].input_schema["required"] == ["prompts"]
     assert tools["batch_status"].input_schema["required"] == ["batch_id"]
