@@ -240,9 +240,9 @@ def build_mcp_server(settings: Settings, resolve: Resolve, *, local_files: bool)
             _tool(
                 account_status,
                 "Account status",
-                "Each Cloudflare account's state (available, cooling, parked until the daily "
-                "reset, disabled), neurons used and left today, and when budgets reset "
-                "(00:00 UTC).",
+                "Whether an account can serve now, neurons left today and when budgets reset "
+                "(00:00 UTC); with an admin key also each Cloudflare account's state "
+                "(available, cooling, parked until the daily reset, disabled) and neurons used.",
                 read_only,
             ),
             _tool(
