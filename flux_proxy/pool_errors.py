@@ -8,11 +8,13 @@ Cloudflare's raw body or a token.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flux_proxy.clock import iso
 from flux_proxy.errors import ApiError
 from flux_proxy.job import ImageJob
+from flux_proxy.settings import AccountConfig
 from flux_proxy.upstream.classify import Attempt, OutcomeKind
 
 NO_RETRY_ABOVE = 60.0  # longer waits tell the openai SDK not to retry (each retry may cost)
@@ -28,6 +30,7 @@ class RequestTally:
     exhausted: int = 0  # parked, cooling or out of budget
     disabled: int = 0
     model_unavailable: int = 0
+    unavailable_reasons: list[str] = field(default_factory=list)  # what each account said
     transient: int = 0
     deadline_hit: bool = False
 
@@ -60,9 +63,13 @@ def nothing_usable(run: RequestTally, job: ImageJob, deadline: float, now: float
             headers=headers,
         )
     if run.model_unavailable:
+        # Why (terms not accepted, a private model, a paid plan): the per-account detail of
+        # /health is for admin keys, and the caller needs the reason to act on it.
+        reasons = list(dict.fromkeys(run.unavailable_reasons))[:3]
+        why = f": {'; '.join(reasons)}" if reasons else ""
         return ApiError(
             503,
-            f"The model {job.model.short_name} is not available on any configured account",
+            f"The model {job.model.short_name} is not available on any configured account{why}",
             code="model_unavailable",
         )
     return ApiError(
@@ -72,14 +79,20 @@ def nothing_usable(run: RequestTally, job: ImageJob, deadline: float, now: float
     )
 
 
-def beyond_every_budget(job: ImageJob, budgets: list[float | None]) -> ApiError | None:
-    """An image whose estimate is more than the largest daily budget it may use can never be
-    made, today or after 00:00 UTC: say so as the caller's 400 (change size, steps or model),
-    not as a 429 to wait out. `budgets` are each candidate account's room for a whole day
-    (None: unlimited)."""
+def beyond_every_budget(
+    job: ImageJob,
+    accounts: list[AccountConfig],
+    budget_for: Callable[[AccountConfig], float | None],
+    keep_back: float,
+) -> ApiError | None:
+    """An image whose estimate is more than the largest daily budget it may use (less
+    `keep_back`, what batch lines leave for live requests) can never be made, today or after
+    00:00 UTC: say so as the caller's 400 (change size, steps or model), not as a 429 to wait
+    out. A budget of None is unlimited."""
+    budgets = [budget_for(account) for account in accounts]
     if not budgets or any(budget is None for budget in budgets):
         return None
-    largest = max(budget for budget in budgets if budget is not None)
+    largest = max(max(0.0, budget - keep_back) for budget in budgets if budget is not None)
     estimate = job.estimated_neurons()
     if estimate <= largest:
         return None

@@ -298,6 +298,21 @@ async def test_model_unavailable_everywhere_is_503():
     assert (error.status, error.code) == (503, "model_unavailable")
 
 
+async def test_model_unavailable_everywhere_says_why_now_and_while_it_is_remembered():
+    # Before: only "not available on any configured account"; the reason (e.g. the terms not
+    # accepted, 5016) was in /health, which a user key cannot see.
+    terms = "The account has not accepted this model's terms; accept them (code 5016)"
+    private = "This model is private to another account (code 5018)"
+    scripts = {1: [fail(K.MODEL_UNAVAILABLE, 403, 5016, message=terms)]}
+    scripts[2] = [fail(K.MODEL_UNAVAILABLE, 403, 5018, message=private)]
+    pool, client, _, _ = make_pool(2, scripts)
+    for _ in range(2):  # the first learns it from Cloudflare, the second from the pool's memory
+        error = await expect_error(pool)
+        assert (error.status, error.code) == (503, "model_unavailable")
+        assert terms in error.message and private in error.message
+    assert client.count(1) == client.count(2) == 1
+
+
 # --- transient --------------------------------------------------------------------------------
 
 
