@@ -49,11 +49,15 @@ def installed_command(command: str) -> str:
     return str(script)
 
 
-async def call_over_stdio(params: StdioServerParameters, errlog: Path):
+async def call_over_stdio(params: StdioServerParameters, errlog: Path, *, batch: bool = False):
     with open(errlog, "w") as err:  # noqa: ASYNC230 - opened once, not read
         async with Client(stdio_client(params, errlog=err)) as client:
             tools = {tool.name for tool in (await client.list_tools()).tools}
             result = await client.call_tool("generate_image", SMALL)
+            if batch:
+                prompts = {"prompts": ["a", "b"], "model": SMALL["model"], "size": SMALL["size"]}
+                submitted = await client.call_tool("submit_batch", prompts)
+                assert not submitted.is_error, text_of(submitted)
     return tools, result
 
 
@@ -81,15 +85,21 @@ async def test_the_readme_stdio_entry_with_real_accounts_makes_an_image(tmp_path
 
 
 async def test_the_readme_stdio_entry_with_the_emulator_needs_no_env(tmp_path):
+    # With no DATA_DIR the throwaway emulator state must not land in the host's working
+    # directory, which may be unwritable (Claude Desktop on macOS starts servers in /): before,
+    # submit_batch wrote ./.flux-proxy/files there, or failed with "Error executing tool".
     entry = stdio_entry()
     readme = README.read_text()
     assert '`"args": ["mcp", "--emulator"]` and no `env`' in readme
+    host_dir = tmp_path / "host"
+    host_dir.mkdir()
     params = StdioServerParameters(
-        command=installed_command(entry["command"]), args=["mcp", "--emulator"], cwd=tmp_path
+        command=installed_command(entry["command"]), args=["mcp", "--emulator"], cwd=host_dir
     )
-    _, result = await call_over_stdio(params, tmp_path.parent / "stderr-emulator.log")
+    _, result = await call_over_stdio(params, tmp_path / "stderr.log", batch=True)
     assert not result.is_error, text_of(result)
     assert images_of(result)[0].size == (256, 256)
+    assert list(host_dir.iterdir()) == []
 
 
 async def test_the_readme_http_entry_reaches_mcp_with_its_header(make_proxy, emulator):
