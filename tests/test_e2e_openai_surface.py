@@ -212,6 +212,16 @@ def test_create_variation_through_the_sdk_uses_the_image_as_reference_0(proxy, e
     assert len({c["fields"]["seed"] for c in calls}) == 2  # each its own seed
 
 
+def test_a_variation_with_no_size_is_1024_on_its_longer_side_in_the_images_shape(proxy, emulator):
+    # OpenAI's default is 1024x1024 (for its square inputs); before, every variation with no
+    # size came back 1024x768 (FLUX.2's own default), so a square logo's variation was 4:3.
+    client = client_for(proxy)
+    for width, height in ((256, 256), (300, 200)):
+        client.images.create_variation(image=("logo.png", picture(width, height), "image/png"))
+    shapes = [(c["fields"]["width"], c["fields"]["height"]) for c in emulator.calls()]
+    assert shapes == [("1024", "1024"), ("1024", "688")]
+
+
 def test_a_variation_for_dall_e_2_with_no_format_gets_a_url(proxy, emulator):
     result = client_for(proxy).images.create_variation(
         image=("cat.png", picture(64, 64), "image/png"), model="dall-e-2", size="256x256"
