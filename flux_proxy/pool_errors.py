@@ -51,14 +51,17 @@ def nothing_usable(run: RequestTally, job: ImageJob, deadline: float, now: float
             code="upstream_unavailable",
         )
     if run.returns:
-        wait = max(1, math.ceil(min(run.returns) - now))
+        earliest = min(run.returns)
+        wait = max(1, math.ceil(earliest - now))
+        # Said to the second: a park ends at exactly 00:00:00 UTC, not at now + whole seconds.
+        at = math.ceil(earliest) if earliest - now >= 1 else math.ceil(now) + wait
         headers = {"Retry-After": str(wait)}
         if wait > NO_RETRY_ABOVE:
             headers["x-should-retry"] = "false"
         return ApiError(
             429,
             f"Every usable account is out of neurons or rate limited; the earliest is "
-            f"usable again in {wait} s (at {iso(now + wait)})",
+            f"usable again in {wait} s (at {iso(at)})",
             code="accounts_exhausted",
             headers=headers,
         )

@@ -152,7 +152,7 @@ async def test_no_account_left_is_a_tool_error_that_says_when(make_proxy, emulat
     assert result.is_error
     assert result.structured_content["status"] == 429
     assert result.structured_content["error"]["code"] == "accounts_exhausted"
-    assert "usable again" in text_of(result) and "T00:00:00" in text_of(result)  # midnight UTC
+    assert "usable again" in text_of(result) and "T00:00:00Z)" in text_of(result)  # midnight UTC
 
 
 async def test_own_image_urls_are_read_from_the_store_and_server_files_never(make_proxy, emulator):
