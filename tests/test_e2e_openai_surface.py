@@ -338,3 +338,35 @@ def test_an_img2img_edit_with_no_size_keeps_the_images_shape_and_a_size_still_wi
         )
     shapes = [(c["fields"]["width"], c["fields"]["height"]) for c in emulator.calls()]
     assert shapes == [(384, 256), (512, 512)]
+
+
+# --- JSON edits ---------------------------------------------------------------------------------
+
+
+def test_a_json_edit_takes_image_url_objects_and_says_file_id_is_not_supported(proxy, emulator):
+    url = "data:image/png;base64," + base64.b64encode(picture(64, 64)).decode()
+    headers = {**proxy.auth, "Content-Type": "application/json"}
+    made = httpx.post(
+        proxy.base_url + "/images/edits",
+        json={
+            "model": "gpt-image-1",
+            "prompt": "x",
+            "size": "256x256",
+            "images": [{"image_url": url}],
+        },
+        headers=headers,
+        timeout=60,
+    )
+    assert made.status_code == 200, made.text
+    refused = httpx.post(
+        proxy.base_url + "/images/edits",
+        json={"model": "gpt-image-1", "prompt": "x", "images": [{"file_id": "file-abc"}]},
+        headers=headers,
+        timeout=60,
+    )
+    # Before: "images: each image must be a data: URL string", though image_url objects work.
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["param"] == "images" and error["code"] == "unsupported_parameter"
+    assert "file_id" in error["message"] and '"image_url"' in error["message"]
+    assert len(emulator.calls()) == 1
