@@ -327,6 +327,22 @@ def test_an_inpainting_edit_with_no_size_keeps_the_images_shape(proxy, emulator,
     assert Image.open(io.BytesIO(base64.b64decode(item.b64_json))).size == made
 
 
+def test_an_edit_with_no_size_is_1024_on_the_longer_side_in_the_first_images_shape(proxy, emulator):
+    # OpenAI's GPT image edits default to `auto`, the input's orientation; before, FLUX.2
+    # answered every such edit 1024x768, so a portrait photo's edit came back landscape.
+    client = client_for(proxy)
+    portrait, square = picture(600, 900), picture(64, 64)
+    client.images.edit(model="gpt-image-1", image=("p.png", portrait, "image/png"), prompt="x")
+    client.images.edit(
+        image=[("s.png", square, "image/png"), ("p.png", portrait, "image/png")],
+        prompt="x",
+        size="auto",
+    )
+    client.images.edit(image=("p.png", portrait, "image/png"), prompt="x", size="1024x768")
+    shapes = [(c["fields"]["width"], c["fields"]["height"]) for c in emulator.calls()]
+    assert shapes == [("688", "1024"), ("1024", "1024"), ("1024", "768")]
+
+
 def test_an_img2img_edit_with_no_size_keeps_the_images_shape_and_a_size_still_wins(proxy, emulator):
     client = client_for(proxy)
     for size in (None, "512x512"):

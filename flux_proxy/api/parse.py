@@ -37,6 +37,7 @@ from flux_proxy.api.schemas import (
     ImageGenerationBody,
     ImageOptions,
 )
+from flux_proxy.api.shapes import changed_image_size, in_image_shape
 from flux_proxy.api.validation import validate_body
 from flux_proxy.errors import invalid
 from flux_proxy.job import ImageJob, ReferenceImage
@@ -141,8 +142,12 @@ async def assemble(
     _check_image_count(pending, model)
     references = await prepare_references(pending, model)
     job_mask = await _prepared_mask(mask, pending, references) if mask is not None else None
-    if references and model.takes_mask and _no_size_asked(body):
-        width, height = image_shaped_size(model, references[0].width, references[0].height)
+    if references and _no_size_asked(body):
+        # An image given and no size asked: make the image's shape (see `shapes.py`).
+        if model.takes_mask:
+            width, height = changed_image_size(model, references[0].width, references[0].height)
+        elif edit and (shaped := in_image_shape(model, pending[0].data)) is not None:
+            width, height = shaped
 
     job = ImageJob(
         model=model,
@@ -260,27 +265,6 @@ def _size(body: ImageOptions, model: ModelSpec) -> tuple[int | None, int | None]
 
 def _no_size_asked(body: ImageOptions) -> bool:
     return size_of(body.size) is None and body.width is None and body.height is None
-
-
-def image_shaped_size(model: ModelSpec, width: int, height: int) -> tuple[int, int]:
-    """The size to make when an image is changed rather than drawn anew (the SD family's
-    img2img and inpainting, whose `image` is the one to change): the image's own shape, so a
-    3:2 photo is not stretched square and the mask stays over what it marks. Scaled into the
-    model's range, each side a multiple of 8 (Stable Diffusion's latent grid)."""
-    bounds = model.size_range
-    if bounds is None:
-        return model.default_width or width, model.default_height or height
-    scale = 1.0
-    if min(width, height) < bounds.minimum:
-        scale = bounds.minimum / min(width, height)
-    if max(width, height) * scale > bounds.maximum:
-        scale = bounds.maximum / max(width, height)
-
-    def side(value: int) -> int:
-        eights = max(1, round(value * scale / 8)) * 8
-        return min(bounds.maximum, max(bounds.minimum, eights))
-
-    return side(width), side(height)
 
 
 def _steps(steps: int | None, model: ModelSpec) -> int | None:

@@ -15,12 +15,10 @@ from flux_proxy.api.parse import ImageRequest, assemble
 from flux_proxy.api.schemas import ImageVariationBody, VariationFiles
 from flux_proxy.api.validation import validate_body
 from flux_proxy.errors import invalid
-from flux_proxy.masks import image_size
 from flux_proxy.models import ModelSpec, find_model
 from flux_proxy.settings import Settings
 
 VARIATIONS_PATH = "/v1/images/variations"
-LONGER_SIDE = 1024  # OpenAI's default variation size is 1024x1024
 
 
 async def build_variation_request(
@@ -40,31 +38,9 @@ async def build_variation_request(
             code="missing_required_parameter" if not raw.files else "invalid_value",
         )
     model = _variation_model(body.model, settings)
-    if body.size is None and body.width is None and body.height is None:
-        body = body.model_copy(update={"size": _openai_like_size(model, images[0].data)})
     return await assemble(
         body, raw, settings, model=model, prompt=settings.variation_prompt, edit=True
     )
-
-
-def _openai_like_size(model: ModelSpec, image: bytes) -> str | None:
-    """With no size, OpenAI makes 1024x1024 variations (of the square images it takes): here
-    1024 on the longer side in the image's own shape, each side a multiple of 16, so a square
-    stays square. None (the model's default) for a fixed-size model or an unreadable image,
-    which the validator then refuses with its own message."""
-    if model.size_range is None:
-        return None
-    try:
-        width, height = image_size(image)
-    except Exception:  # not an image: prepare_references refuses it, naming the param
-        return None
-    scale = LONGER_SIDE / max(width, height)
-    low, high = model.size_range.minimum, model.size_range.maximum
-
-    def side(value: int) -> int:
-        return min(high, max(low, round(value * scale / 16) * 16))
-
-    return f"{side(width)}x{side(height)}"
 
 
 def _variation_model(name: str | None, settings: Settings) -> ModelSpec:
