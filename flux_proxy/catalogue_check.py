@@ -112,8 +112,18 @@ async def run_catalogue_check(settings: Settings, *, out: TextIO = sys.stdout) -
     )
     await client.start()
     try:
-        account = await first_working_account(client, settings.accounts)
+        verdicts: list[bool | None] = []
+        account = await first_working_account(client, settings.accounts, verdicts)
         if account is None:
+            if False not in verdicts:
+                # No token was rejected: nothing answered (a wrong CF_API_BASE_URL, no network).
+                print(
+                    f"Cloudflare could not be reached at {settings.cf_api_base_url}: no answer "
+                    "to the token check, so the catalogue cannot be read. Check "
+                    "CF_API_BASE_URL and the network.",
+                    file=out,
+                )
+                return EXIT_CANNOT_CHECK
             print("No account's token works, so the catalogue cannot be read.", file=out)
             print("Run `flux-proxy check` to see each token's verdict.", file=out)
             return EXIT_CANNOT_CHECK
@@ -128,9 +138,16 @@ async def run_catalogue_check(settings: Settings, *, out: TextIO = sys.stdout) -
     return EXIT_DRIFT if report.drift else EXIT_OK
 
 
-async def first_working_account(client: Any, accounts: list[AccountConfig]) -> AccountConfig | None:
+async def first_working_account(
+    client: Any, accounts: list[AccountConfig], verdicts: list[bool | None] | None = None
+) -> AccountConfig | None:
+    """The first account whose token works; each token's verdict is appended to `verdicts`
+    (True works, False rejected, None no answer)."""
     for account in sorted(accounts, key=lambda a: a.number):
-        if await client.verify_token(account) is True:
+        verdict = await client.verify_token(account)
+        if verdicts is not None:
+            verdicts.append(verdict)
+        if verdict is True:
             return account
     return None
 

@@ -21,7 +21,13 @@ from flux_proxy.errors import ApiError
 from flux_proxy.job import GeneratedImage, ImageJob
 from flux_proxy.logs import log_event
 from flux_proxy.metrics import Metrics
-from flux_proxy.pool_errors import RequestTally, busy_error, nothing_usable, rejected_input
+from flux_proxy.pool_errors import (
+    RequestTally,
+    beyond_every_budget,
+    busy_error,
+    nothing_usable,
+    rejected_input,
+)
 from flux_proxy.routing import order_accounts
 from flux_proxy.settings import AccountConfig, Settings
 from flux_proxy.slots import SlotBoard
@@ -118,6 +124,8 @@ class AccountPool:
         order = await self._order()
         if accounts is not None:
             order = [account for account in order if account.number in accounts]
+        if never := beyond_every_budget(job, order, self.settings.budget_for, keep_back):
+            raise never
         slot_wait_until: float | None = None
         while True:
             busy: list[AccountConfig] = []
@@ -201,9 +209,12 @@ class AccountPool:
             else:
                 run.exhausted += 1
                 run.returns.append(block.until or self.clock.now())
-        elif self._model_unavailable.get((number, job.model.id), (0.0, ""))[0] > self.clock.now():
+        elif (unavailable := self._model_unavailable.get((number, job.model.id))) and (
+            unavailable[0] > self.clock.now()
+        ):
             reason = "model_unavailable"
             run.model_unavailable += 1
+            run.unavailable_reasons.append(unavailable[1])
         if reason is not None:
             run.tried.add(number)
             self._count_skip(number, reason)
@@ -327,6 +338,7 @@ class AccountPool:
             until = now + MODEL_UNAVAILABLE_SECONDS
             self._model_unavailable[(number, job.model.id)] = (until, attempt.message)
             run.model_unavailable += 1
+            run.unavailable_reasons.append(attempt.message)
         if block is not None:
             await self._block(account, block)
             if block.until is not None:

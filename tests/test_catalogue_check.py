@@ -113,6 +113,24 @@ def test_no_working_token_cannot_check_and_exits_2(emulator, tmp_path):
     assert "No account's token works" in result.stdout
 
 
+def test_an_unreachable_cloudflare_is_said_as_such_not_as_bad_tokens(emulator, tmp_path):
+    # Before: "No account's token works", for a wrong CF_API_BASE_URL or no network.
+    env = clean_env(CF_API_BASE_URL="http://127.0.0.1:9/client/v4", STATE_BACKEND="memory")
+    for number, account_id, token in emulator.accounts:
+        env[f"ACCOUNT_{number}"], env[f"CF_API_TOKEN_{number}"] = account_id, token
+    result = subprocess.run(
+        [sys.executable, "-m", "flux_proxy", "models", "--check"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "could not be reached at http://127.0.0.1:9/client/v4" in result.stdout
+    assert "token works" not in result.stdout
+
+
 def test_drift_control_is_cleared_by_the_emulators_reset(emulator):
     drift(emulator, remove=[PHOENIX])
     emulator.reset()

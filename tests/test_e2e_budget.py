@@ -178,3 +178,25 @@ def _post_image(proxy) -> httpx.Response:
 def _health_account(proxy, number: int) -> dict:
     body = httpx.get(proxy.url + "/health", headers=proxy.auth, timeout=10).json()
     return next(a for a in body["accounts"] if a["number"] == number)
+
+
+def test_an_image_no_account_budget_could_ever_cover_is_a_400_not_a_wait_for_midnight(
+    fresh, proxies
+):
+    # Before: a fresh proxy answered 429 "every usable account is out of neurons ... usable
+    # again at 00:00 UTC", which was false (tomorrow's budget is no bigger) and made the SDK
+    # retry.
+    proxy = proxies(fresh, DAILY_NEURONS=3000)
+
+    response = proxy.generate(**FLUX2_1024)
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "exceeds_daily_budget"
+    assert error["type"] == "invalid_request_error"
+    assert "3,750" in error["message"] and "3,000" in error["message"]
+    assert "Retry-After" not in response.headers
+    assert fresh.calls() == []
+    assert proxy.account(1)["state"] == "available"
+    # What fits still goes through.
+    assert proxy.generate(model="flux-2-dev", size="512x512", steps=25).status_code == 200

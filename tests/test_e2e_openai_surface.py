@@ -212,6 +212,16 @@ def test_create_variation_through_the_sdk_uses_the_image_as_reference_0(proxy, e
     assert len({c["fields"]["seed"] for c in calls}) == 2  # each its own seed
 
 
+def test_a_variation_with_no_size_is_1024_on_its_longer_side_in_the_images_shape(proxy, emulator):
+    # OpenAI's default is 1024x1024 (for its square inputs); before, every variation with no
+    # size came back 1024x768 (FLUX.2's own default), so a square logo's variation was 4:3.
+    client = client_for(proxy)
+    for width, height in ((256, 256), (300, 200)):
+        client.images.create_variation(image=("logo.png", picture(width, height), "image/png"))
+    shapes = [(c["fields"]["width"], c["fields"]["height"]) for c in emulator.calls()]
+    assert shapes == [("1024", "1024"), ("1024", "688")]
+
+
 def test_a_variation_for_dall_e_2_with_no_format_gets_a_url(proxy, emulator):
     result = client_for(proxy).images.create_variation(
         image=("cat.png", picture(64, 64), "image/png"), model="dall-e-2", size="256x256"
@@ -291,3 +301,88 @@ def test_without_a_mask_model_a_mask_stays_a_400(make_proxy, emulator):
     assert caught.value.body["param"] == "mask"
     assert "MASK_MODEL" in caught.value.body["message"]
     assert emulator.calls() == []
+
+
+# --- the size of an image that is changed, not drawn anew -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image_size", "made"),
+    [((96, 64), (384, 256)), ((1200, 800), (1024, 680)), ((512, 512), (512, 512))],
+)
+def test_an_inpainting_edit_with_no_size_keeps_the_images_shape(proxy, emulator, image_size, made):
+    # Before: every such edit was sent as 1024x1024, so a 3:2 photo came back stretched square.
+    width, height = image_size
+    result = client_for(proxy).images.edit(
+        image=("room.png", picture(width, height), "image/png"),
+        mask=("mask.png", half_transparent_mask(width, height), "image/png"),
+        prompt="a red sofa",
+        response_format="b64_json",
+    )
+    (call,) = emulator.calls()
+    assert call["model"] == INPAINTING
+    assert (call["fields"]["width"], call["fields"]["height"]) == made
+    assert result.size == f"{made[0]}x{made[1]}"
+    (item,) = result.data
+    assert Image.open(io.BytesIO(base64.b64decode(item.b64_json))).size == made
+
+
+def test_an_edit_with_no_size_is_1024_on_the_longer_side_in_the_first_images_shape(proxy, emulator):
+    # OpenAI's GPT image edits default to `auto`, the input's orientation; before, FLUX.2
+    # answered every such edit 1024x768, so a portrait photo's edit came back landscape.
+    client = client_for(proxy)
+    portrait, square = picture(600, 900), picture(64, 64)
+    client.images.edit(model="gpt-image-1", image=("p.png", portrait, "image/png"), prompt="x")
+    client.images.edit(
+        image=[("s.png", square, "image/png"), ("p.png", portrait, "image/png")],
+        prompt="x",
+        size="auto",
+    )
+    client.images.edit(image=("p.png", portrait, "image/png"), prompt="x", size="1024x768")
+    shapes = [(c["fields"]["width"], c["fields"]["height"]) for c in emulator.calls()]
+    assert shapes == [("688", "1024"), ("1024", "1024"), ("1024", "768")]
+
+
+def test_an_img2img_edit_with_no_size_keeps_the_images_shape_and_a_size_still_wins(proxy, emulator):
+    client = client_for(proxy)
+    for size in (None, "512x512"):
+        client.images.edit(
+            model="stable-diffusion-v1-5-img2img",
+            image=("photo.png", picture(300, 200), "image/png"),
+            prompt="as a watercolour",
+            **({"size": size} if size else {}),
+        )
+    shapes = [(c["fields"]["width"], c["fields"]["height"]) for c in emulator.calls()]
+    assert shapes == [(384, 256), (512, 512)]
+
+
+# --- JSON edits ---------------------------------------------------------------------------------
+
+
+def test_a_json_edit_takes_image_url_objects_and_says_file_id_is_not_supported(proxy, emulator):
+    url = "data:image/png;base64," + base64.b64encode(picture(64, 64)).decode()
+    headers = {**proxy.auth, "Content-Type": "application/json"}
+    made = httpx.post(
+        proxy.base_url + "/images/edits",
+        json={
+            "model": "gpt-image-1",
+            "prompt": "x",
+            "size": "256x256",
+            "images": [{"image_url": url}],
+        },
+        headers=headers,
+        timeout=60,
+    )
+    assert made.status_code == 200, made.text
+    refused = httpx.post(
+        proxy.base_url + "/images/edits",
+        json={"model": "gpt-image-1", "prompt": "x", "images": [{"file_id": "file-abc"}]},
+        headers=headers,
+        timeout=60,
+    )
+    # Before: "images: each image must be a data: URL string", though image_url objects work.
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["param"] == "images" and error["code"] == "unsupported_parameter"
+    assert "file_id" in error["message"] and '"image_url"' in error["message"]
+    assert len(emulator.calls()) == 1

@@ -152,7 +152,7 @@ async def test_no_account_left_is_a_tool_error_that_says_when(make_proxy, emulat
     assert result.is_error
     assert result.structured_content["status"] == 429
     assert result.structured_content["error"]["code"] == "accounts_exhausted"
-    assert "usable again" in text_of(result) and "T00:00:00" in text_of(result)  # midnight UTC
+    assert "usable again" in text_of(result) and "T00:00:00Z)" in text_of(result)  # midnight UTC
 
 
 async def test_own_image_urls_are_read_from_the_store_and_server_files_never(make_proxy, emulator):
@@ -286,3 +286,24 @@ async def test_submit_batch_queues_prompts_that_batch_status_reports_with_their_
     # The batch is the HTTP API's own: the same key sees it there.
     with openai.OpenAI(base_url=proxy.base_url, api_key=proxy.key, max_retries=0) as sdk:
         assert sdk.batches.retrieve(batch["id"]).status == "completed"
+
+
+async def test_account_status_for_a_user_key_is_the_summary_health_gives_it(
+    make_proxy, emulator, tmp_path
+):
+    # Before: a user key got every account's masked id, reason and budget through MCP,
+    # which /health keeps for admin keys.
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[keys]]\nname = "alice"\nkey = "alice-secret-key-1"\nrole = "user"\n')
+    proxy = make_proxy(api_keys_file=keys)
+    async with http_mcp(mcp_url(proxy), "alice-secret-key-1") as client:
+        user = (await client.call_tool("account_status", {})).structured_content
+    async with http_mcp(mcp_url(proxy), proxy.key) as client:
+        admin = (await client.call_tool("account_status", {})).structured_content
+    assert "accounts" not in user
+    assert user["counts"] == {"available": 3, "cooling": 0, "parked": 0, "disabled": 0}
+    assert user["usable_now"] is True and user["neurons_remaining_today"] == 30_000
+    assert user["next_reset"] == admin["next_reset"]
+    for number in (1, 2, 3):
+        assert emulator.account_id(number)[-4:] not in str(user)
+    assert [entry["number"] for entry in admin["accounts"]] == [1, 2, 3]

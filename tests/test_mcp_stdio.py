@@ -52,6 +52,10 @@ async def test_stdio_lists_every_tool_with_schemas_at_the_current_protocol(tmp_p
     assert generate["properties"]["n"]["maximum"] == 4
     assert "local file path" in generate["properties"]["reference_images"]["description"]
     assert tools["edit_image"].input_schema["required"] == ["prompt", "images"]
+    # An agent must know OpenAI's mask convention, and that any model may be named with one.
+    mask = tools["edit_image"].input_schema["properties"]["mask"]["description"]
+    assert "fully transparent pixels are repainted" in mask
+    assert "stable-diffusion-v1-5-inpainting" in mask
     assert tools["account_status"].annotations.read_only_hint is True
     assert tools["submit_batch"].input_schema["required"] == ["prompts"]
     assert tools["batch_status"].input_schema["required"] == ["batch_id"]
@@ -196,6 +200,9 @@ async def test_references_that_would_need_the_network_or_are_no_image_are_refuse
         text_file = await client.call_tool(
             "generate_image", {"prompt": "x", "reference_images": [str(not_an_image)]}
         )
+        relative = await client.call_tool(
+            "generate_image", {"prompt": "x", "reference_images": ["photos/cat.png"]}
+        )
         too_many = await client.call_tool("generate_image", {"prompt": "x", "n": 5})
         no_images = await client.call_tool("edit_image", {"prompt": "x"})
         masked = await client.call_tool(
@@ -205,6 +212,9 @@ async def test_references_that_would_need_the_network_or_are_no_image_are_refuse
     assert remote.is_error and "never fetches" in text_of(remote)
     assert remote.structured_content["error"]["param"] == "reference_images"
     assert text_of(text_file) == "reference_images: not a readable PNG, JPEG or WebP image"
+    # The host chose the server's working directory: say so, and what to send instead.
+    assert relative.is_error and f"working directory, {tmp_path}" in text_of(relative)
+    assert "absolute path" in text_of(relative)
     assert too_many.is_error and "between 1 and 4" in text_of(too_many)
     assert no_images.is_error and no_images.structured_content["error"]["param"] == "images"
     masked_body = {"prompt": "x", "images": [data_url(png())], "mask": data_url(png()), **SMALL}

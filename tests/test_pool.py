@@ -298,6 +298,21 @@ async def test_model_unavailable_everywhere_is_503():
     assert (error.status, error.code) == (503, "model_unavailable")
 
 
+async def test_model_unavailable_everywhere_says_why_now_and_while_it_is_remembered():
+    # Before: only "not available on any configured account"; the reason (e.g. the terms not
+    # accepted, 5016) was in /health, which a user key cannot see.
+    terms = "The account has not accepted this model's terms; accept them (code 5016)"
+    private = "This model is private to another account (code 5018)"
+    scripts = {1: [fail(K.MODEL_UNAVAILABLE, 403, 5016, message=terms)]}
+    scripts[2] = [fail(K.MODEL_UNAVAILABLE, 403, 5018, message=private)]
+    pool, client, _, _ = make_pool(2, scripts)
+    for _ in range(2):  # the first learns it from Cloudflare, the second from the pool's memory
+        error = await expect_error(pool)
+        assert (error.status, error.code) == (503, "model_unavailable")
+        assert terms in error.message and private in error.message
+    assert client.count(1) == client.count(2) == 1
+
+
 # --- transient --------------------------------------------------------------------------------
 
 
@@ -399,11 +414,26 @@ async def test_budget_too_small_skips_the_account_with_zero_calls():
     assert client.calls == [2]
 
 
-async def test_every_budget_too_small_is_429_until_midnight_with_no_calls():
-    pool, client, _, _ = make_pool(2, daily_neurons=ESTIMATE - 1)
+async def test_every_budget_left_too_small_is_429_until_midnight_with_no_calls():
+    pool, client, store, clock = make_pool(2, daily_neurons=ESTIMATE + 10)
+    for number in (1, 2):
+        await store.record_spend(account_key(account(number)), utc_day(clock.now()), 20)
     error = await expect_error(pool)
     assert (error.status, error.code) == (429, "accounts_exhausted")
     assert error.headers["Retry-After"] == str(int(MIDNIGHT - NOON))
+    assert client.calls == []
+
+
+async def test_an_image_beyond_every_whole_daily_budget_is_a_400_with_no_calls():
+    # Waiting for 00:00 UTC cannot help: tomorrow's budget is no bigger.
+    pool, client, _, _ = make_pool(2, daily_neurons=ESTIMATE - 1)
+    error = await expect_error(pool)
+    assert (error.status, error.code, error.type) == (
+        400,
+        "exceeds_daily_budget",
+        "invalid_request_error",
+    )
+    assert "Retry-After" not in error.headers
     assert client.calls == []
 
 

@@ -37,6 +37,7 @@ from flux_proxy.api.schemas import (
     ImageGenerationBody,
     ImageOptions,
 )
+from flux_proxy.api.shapes import changed_image_size, in_image_shape
 from flux_proxy.api.validation import validate_body
 from flux_proxy.errors import invalid
 from flux_proxy.job import ImageJob, ReferenceImage
@@ -141,6 +142,12 @@ async def assemble(
     _check_image_count(pending, model)
     references = await prepare_references(pending, model)
     job_mask = await _prepared_mask(mask, pending, references) if mask is not None else None
+    if references and _no_size_asked(body):
+        # An image given and no size asked: make the image's shape (see `shapes.py`).
+        if model.takes_mask:
+            width, height = changed_image_size(model, references[0].width, references[0].height)
+        elif edit and (shaped := in_image_shape(model, pending[0].data)) is not None:
+            width, height = shaped
 
     job = ImageJob(
         model=model,
@@ -254,6 +261,10 @@ def _size(body: ImageOptions, model: ModelSpec) -> tuple[int | None, int | None]
         width if width is not None else model.default_width,
         height if height is not None else model.default_height,
     )
+
+
+def _no_size_asked(body: ImageOptions) -> bool:
+    return size_of(body.size) is None and body.width is None and body.height is None
 
 
 def _steps(steps: int | None, model: ModelSpec) -> int | None:

@@ -83,6 +83,14 @@ def _pending_file(upload: UploadedFile, settings: Settings) -> PendingImage:
 
 
 def _pending_data_url(item: Any, param: str, settings: Settings) -> PendingImage:
+    if isinstance(item, dict) and "file_id" in item and "image_url" not in item:
+        # OpenAI's other JSON reference form; say which one works here.
+        raise invalid(
+            f'{param}: file_id references are not supported; send {{"image_url": '
+            '"data:image/png;base64,..."}} or the data: URL itself',
+            param=param,
+            code="unsupported_parameter",
+        )
     if isinstance(item, dict):  # OpenAI's JSON edits: {"image_url": "data:..."}
         item = item.get("image_url", item.get("url"))
         if isinstance(item, dict):

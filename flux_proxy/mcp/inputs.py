@@ -127,6 +127,12 @@ def _read_file(name: str, param: str, max_bytes: int) -> str:
         raise
     except OSError as error:
         reason = error.strerror or type(error).__name__
+        if not path.is_absolute():
+            # The host, not the agent, chose where the server runs (often `/`).
+            reason += (
+                f" (relative paths are read from the server's working directory, {Path.cwd()};"
+                " give an absolute path)"
+            )
         raise invalid(f"{param}: cannot read {path}: {reason}", param=param) from None
     return _data_url(data, mimetypes.guess_type(path.name)[0] or "application/octet-stream")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flux_proxy.api.routes import health_summary
 from flux_proxy.clock import iso, next_utc_midnight
 from flux_proxy.mcp.context import ToolContext
 from flux_proxy.models import MODELS, ModelSpec, find_model
@@ -78,10 +79,19 @@ async def account_report(tc: ToolContext) -> dict[str, Any]:
             if returns
             else ("; every token was rejected")
         )
-    return {
+    report: dict[str, Any] = {
         "summary": summary,
         "usable_now": bool(usable),
         "next_reset": iso(next_utc_midnight(now)),
+    }
+    if not tc.caller.is_admin:
+        # As /health: per-account detail (masked ids, reasons, budgets) is for admin keys.
+        summary_only = health_summary(entries, now)
+        report["counts"] = summary_only["counts"]
+        report["neurons_remaining_today"] = summary_only["neurons_remaining_today"]
+        return report
+    return {
+        **report,
         "accounts": [
             {
                 "number": e["number"],

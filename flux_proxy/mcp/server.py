@@ -50,6 +50,23 @@ def _loose(schema: dict[str, Any], description: str) -> Any:
     return Annotated[Any, WithJsonSchema({**schema, "description": description})]
 
 
+def _mask_description(settings: Settings, item: str) -> str:
+    """What a mask means and who uses it: OpenAI's convention, and MASK_MODEL for the models
+    that take none (so an agent does not switch models, or send a black-and-white mask)."""
+    fallback = find_model(settings.mask_model) if settings.mask_model.strip() else None
+    who = (
+        f"a model that takes masks (the stable-diffusion ones) does the edit; with any other "
+        f"model, or none, the edit goes to {fallback.short_name}"
+        if fallback is not None and fallback.takes_mask
+        else "only the models that take masks (the stable-diffusion ones) accept one"
+    )
+    return (
+        "Where to repaint, as OpenAI edit masks say it: a PNG the size of the first image, "
+        "with an alpha channel, whose fully transparent pixels are repainted and the rest kept; "
+        f"{who}. It is {item}."
+    )
+
+
 def build_mcp_server(settings: Settings, resolve: Resolve, *, local_files: bool) -> MCPServer:
     default = find_model(settings.default_model, settings.model_aliases)
     default_name = default.short_name if default else settings.default_model
@@ -93,10 +110,7 @@ def build_mcp_server(settings: Settings, resolve: Resolve, *, local_files: bool)
         {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 4},
         f"The image(s) to edit, first one first (1-4); each {item}.",
     )
-    Mask = _loose(
-        {"type": "string"},
-        f"Only for models that take a mask (see list_models): where to change; {item}.",
-    )
+    Mask = _loose({"type": "string"}, _mask_description(settings, item))
 
     image_annotations = ToolAnnotations(
         read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
@@ -226,9 +240,9 @@ def build_mcp_server(settings: Settings, resolve: Resolve, *, local_files: bool)
             _tool(
                 account_status,
                 "Account status",
-                "Each Cloudflare account's state (available, cooling, parked until the daily "
-                "reset, disabled), neurons used and left today, and when budgets reset "
-                "(00:00 UTC).",
+                "Whether an account can serve now, neurons left today and when budgets reset "
+                "(00:00 UTC); with an admin key also each Cloudflare account's state "
+                "(available, cooling, parked until the daily reset, disabled) and neurons used.",
                 read_only,
             ),
             _tool(

@@ -13,6 +13,9 @@ when `mcp` runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import tempfile
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +34,21 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)  # to stderr
-    anyio.run(_serve, settings, args.emulator)
+    with _throwaway_data_dir(settings, args.emulator) as settings:
+        anyio.run(_serve, settings, args.emulator)
     return 0
+
+
+@contextlib.contextmanager
+def _throwaway_data_dir(settings, emulator: bool):
+    """With `--emulator` and no DATA_DIR, files and batch outputs go to a temporary directory
+    removed at exit, as the emulator's state is: a host starts the server in a working
+    directory of its choosing, which may not be writable (Claude Desktop on macOS: `/`)."""
+    if not emulator or "data_dir" in settings.model_fields_set:
+        yield settings
+        return
+    with tempfile.TemporaryDirectory(prefix="flux-proxy-mcp-") as scratch:
+        yield settings.model_copy(update={"data_dir": Path(scratch)})
 
 
 async def _serve(settings, emulator: bool) -> None:
