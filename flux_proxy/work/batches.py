@@ -96,7 +96,25 @@ async def line_request(
                     param="image_file_ids",
                 )
             uploads.append(UploadedFile("image[]", doc["filename"], doc["content_type"], data))
-    return await build_image_request(RawRequest(fields, uploads), settings, edit=edit)
+    try:
+        return await build_image_request(RawRequest(fields, uploads), settings, edit=edit)
+    except ApiError as error:
+        if edit and error.param == "image" and error.code == "missing_required_parameter":
+            # The live endpoint names its form fields; a line names its images like this.
+            error.message = (
+                "an image to edit is required: images (a list of data: URLs) or "
+                "image_file_ids (files uploaded with purpose 'vision' or 'user_data')"
+            )
+            error.param = "images"
+        raise
+
+
+def input_lines(data: bytes) -> list[str]:
+    """A JSONL file's lines, split at "\n" only (then "\r" dropped): `str.splitlines` would
+    also split inside JSON strings at U+2028, U+2029 or U+0085, which JSON leaves unescaped
+    (JavaScript's JSON.stringify writes them raw). A leading byte-order mark (Notepad's
+    "UTF-8") is not part of the first line."""
+    return [line.removesuffix("\r") for line in data.decode("utf-8-sig").split("\n")]
 
 
 @dataclass
@@ -114,7 +132,7 @@ async def check_input(
     edit = ENDPOINTS[endpoint]
     checked = CheckedInput([], [], [], 0.0)
     seen: set[str] = set()
-    lines = [line for line in data.decode("utf-8").splitlines()]
+    lines = input_lines(data)
     if len([line for line in lines if line.strip()]) > settings.batch_max_lines:
         checked.errors.append(
             _error(None, "too_many_lines", f"at most {settings.batch_max_lines} lines", None)
@@ -189,6 +207,16 @@ def output_file_ids(batch_id: str) -> tuple[str, str]:
     """The output and error files' ids, fixed by the batch: assembling twice overwrites."""
     suffix = batch_id.removeprefix("batch_")
     return f"file-out-{suffix}", f"file-err-{suffix}"
+
+
+# Characters JSON leaves raw in strings but `str.splitlines` splits at (as does the README's
+# `files.content(id).text.splitlines()`): escaped in output lines, which mean the same.
+_LINE_BREAKERS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def output_line(result: dict) -> str:
+    """One line of an output or error file: JSON that every line splitter keeps whole."""
+    return orjson.dumps(result).decode().translate(_LINE_BREAKERS)
 
 
 def public_batch(doc: dict, counts: dict | None = None) -> dict:

@@ -1,0 +1,68 @@
+"""Batch input files as people and other tools write them: JSONL from JavaScript (raw U+2028 in
+a string), Windows (a byte-order mark, CRLF), and edits lines without an image. Real uvicorn
+proxy and emulator, the unchanged openai SDK."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from batch_helpers import generation_lines, output_lines, wait_for
+
+
+@pytest.fixture
+def client(make_proxy, tmp_path):
+    proxy = make_proxy(data_dir=tmp_path / "data", batch_poll_seconds=0.1)
+    with openai.OpenAI(
+        base_url=proxy.base_url, api_key=proxy.key, max_retries=0, timeout=30
+    ) as sdk:
+        yield sdk
+
+
+def submit(client, data: bytes, endpoint: str = "/v1/images/generations"):
+    uploaded = client.files.create(file=("in.jsonl", data), purpose="batch")
+    return client.batches.create(
+        input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h"
+    )
+
+
+def test_lines_split_at_newlines_only_and_a_byte_order_mark_is_not_line_one(client, emulator):
+    lines = generation_lines(3)
+    # What JSON.stringify (and json.dumps(ensure_ascii=False)) write: these stay unescaped.
+    lines[0]["body"]["prompt"] = "a poster\u2028second line\u2029third\u0085end"
+    text = "\r\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\r\n"
+    batch = submit(client, "\ufeff".encode() + text.encode())
+    assert batch.status == "in_progress", batch.errors
+    assert batch.request_counts.total == 3
+
+    done = wait_for(client, batch.id, ("completed", "failed"))
+    assert done.status == "completed", done
+    out = {line["custom_id"]: line for line in output_lines(client, done.output_file_id)}
+    assert sorted(out) == ["line-0", "line-1", "line-2"]
+    prompts = [call["fields"].get("prompt") for call in emulator.calls()]
+    assert lines[0]["body"]["prompt"] in prompts
+
+
+def test_a_bad_line_after_a_line_separator_is_reported_on_its_own_line(client):
+    lines = generation_lines(3)
+    lines[0]["body"]["prompt"] = "one\u2028two"
+    lines[2]["body"]["size"] = "7x7"
+    batch = submit(client, "\n".join(json.dumps(x, ensure_ascii=False) for x in lines).encode())
+    assert batch.status == "failed"
+    assert [(e.line, e.param) for e in batch.errors.data] == [(3, "size")]
+
+
+def test_an_edits_line_without_an_image_names_the_fields_a_line_has(client, emulator):
+    line = {
+        "custom_id": "no-image",
+        "method": "POST",
+        "url": "/v1/images/edits",
+        "body": {"model": "flux-2-klein-4b", "prompt": "make it blue"},
+    }
+    batch = submit(client, json.dumps(line).encode() + b"\n", endpoint="/v1/images/edits")
+    assert batch.status == "failed"
+    [error] = batch.errors.data
+    assert error.line == 1 and error.param == "images"
+    assert "image_file_ids" in error.message and "form field" not in error.message
+    assert emulator.calls() == []
