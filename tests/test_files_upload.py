@@ -5,6 +5,7 @@ refused. Real uvicorn proxy, the unchanged openai SDK."""
 from __future__ import annotations
 
 import json
+import socket
 import tracemalloc
 
 import httpx
@@ -88,3 +89,18 @@ def test_refused_uploads_leave_no_temporary_file(make_proxy, data_dir):
     as_json = httpx.post(url, headers=auth, json={"purpose": "batch"}, timeout=10)
     assert as_json.status_code == 400 and as_json.json()["error"]["param"] == "file"
     assert spool_leftovers(data_dir) == []
+
+
+def test_an_upload_declared_over_the_limit_is_refused_before_its_body(make_proxy, data_dir):
+    proxy = make_proxy(data_dir=data_dir, files_max_bytes=1000)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    head = (
+        "POST /v1/files HTTP/1.1\r\n"
+        f"Host: {host}\r\nAuthorization: Bearer {proxy.key}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {1000 + 100 * 1024}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(head.encode())  # and not one byte of the body
+        answer = conn.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 413"), answer

@@ -137,7 +137,7 @@ async def receive_upload(
     On any failure (413, a malformed body, a client gone) `spool` is removed again; on success
     the caller owns it and must adopt or remove it."""
     headers = request.headers
-    check_declared_length(headers, max_file_bytes + 64 * max_field_bytes)
+    check_declared_length(headers, max_file_bytes + max_field_bytes)  # + purpose, headers
     if media_type_of(headers) != "multipart/form-data":
         raise invalid(
             "upload the file as multipart/form-data, with the fields 'file' and 'purpose'",
