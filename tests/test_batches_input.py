@@ -66,3 +66,19 @@ def test_an_edits_line_without_an_image_names_the_fields_a_line_has(client, emul
     assert error.line == 1 and error.param == "images"
     assert "image_file_ids" in error.message and "form field" not in error.message
     assert emulator.calls() == []
+
+
+def test_the_batch_names_the_model_its_lines_run_on_even_when_they_name_none(client):
+    unnamed = generation_lines(2)
+    for line in unnamed:
+        del line["body"]["model"]  # the proxy's DEFAULT_MODEL
+    batch = submit(client, ("\n".join(json.dumps(x) for x in unnamed)).encode())
+    done = wait_for(client, batch.id, ("completed", "failed"))
+    [answer] = {
+        line["response"]["body"]["model"] for line in output_lines(client, done.output_file_id)
+    }
+    assert batch.model == done.model == answer
+    mixed = generation_lines(1) + unnamed
+    mixed[1]["custom_id"] = "other"
+    several = submit(client, ("\n".join(json.dumps(x) for x in mixed)).encode())
+    assert several.model is None

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from flux_proxy.api.caller import Caller
 from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError, invalid
@@ -120,8 +118,9 @@ class BatchService:
             await self.store.put_doc(BATCH_KIND, batch_id, doc)
             return public_batch(doc)
         doc["in_progress_at"] = int(now)
-        models = {_model_of(p) for p in checked.payloads}
-        doc["model"] = models.pop() if len(models) == 1 else None
+        # OpenAI's `model`: the one model every line runs on (the default for lines naming
+        # none), as the lines' answers name it; None for a batch of several models.
+        doc["model"] = next(iter(checked.models)) if len(checked.models) == 1 else None
         # Lines first, then the document: a runner never sees a batch without its lines.
         await self.store.add_lines(
             batch_id, checked.payloads, window + self.settings.batch_output_ttl
@@ -221,12 +220,6 @@ def _metadata(value: Any) -> dict | None:
             param="metadata",
         )
     return value
-
-
-def _model_of(payload: str) -> str | None:
-    body = orjson.loads(payload).get("body") or {}
-    model = body.get("model")
-    return model if isinstance(model, str) else None
 
 
 @dataclass

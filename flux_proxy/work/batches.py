@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -123,6 +123,7 @@ class CheckedInput:
     errors: list[dict]  # OpenAI's errors.data[]: code, message, param, line (from 1)
     neurons: list[float]  # each line's estimated price (all of its n images)
     typical_seconds: float
+    models: set[str] = field(default_factory=set)  # the models the lines run on, by id
 
 
 async def check_input(
@@ -153,6 +154,7 @@ async def check_input(
         checked.payloads.append(text)
         checked.neurons.append(max(request.job.estimated_neurons(), 1.0) * request.n)
         seconds.append(request.job.model.typical_seconds)
+        checked.models.add(request.job.model.id)
     if not checked.payloads and not checked.errors:
         checked.errors.append(_error(None, "empty_file", "the input file has no lines", None))
     checked.typical_seconds = sum(seconds) / len(seconds) if seconds else 0.0
