@@ -82,3 +82,29 @@ def test_the_batch_names_the_model_its_lines_run_on_even_when_they_name_none(cli
     mixed[1]["custom_id"] = "other"
     several = submit(client, ("\n".join(json.dumps(x) for x in mixed)).encode())
     assert several.model is None
+
+
+def test_a_model_the_key_may_not_use_fails_the_batch_up_front(make_proxy, tmp_path, emulator):
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        '[[keys]]\nname = "carol"\nkey = "fpx-carol-key-0123456789abcdef"\nrole = "user"\n'
+        'models = ["flux-2-klein-4b"]\n'
+    )
+    proxy = make_proxy(data_dir=tmp_path / "data", api_keys_file=keys)
+    with openai.OpenAI(
+        base_url=proxy.base_url, api_key="fpx-carol-key-0123456789abcdef", max_retries=0
+    ) as carol:
+        lines = generation_lines(2, model="flux-2-klein-4b")
+        lines[1]["body"]["model"] = "flux-1-schnell"  # the key's `models` leave it out
+        batch = submit(carol, "\n".join(json.dumps(x) for x in lines).encode())
+        assert batch.status == "failed"
+        assert [(e.line, e.param, e.code) for e in batch.errors.data] == [
+            (2, "model", "model_not_allowed")
+        ]
+        with pytest.raises(openai.PermissionDeniedError):  # the page's estimate says so too
+            carol.post(
+                "/batches/estimate",
+                body={"endpoint": "/v1/images/generations", "bodies": [lines[1]["body"]]},
+                cast_to=object,
+            )
+    assert emulator.calls() == []

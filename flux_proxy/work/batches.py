@@ -23,6 +23,7 @@ from flux_proxy.api.caller import Caller
 from flux_proxy.api.parse import ImageRequest, build_image_request
 from flux_proxy.clock import Clock, next_utc_midnight, utc_day
 from flux_proxy.errors import ApiError, invalid
+from flux_proxy.keys.quota import model_not_allowed
 from flux_proxy.models import find_model
 from flux_proxy.pool import account_key, token_key
 from flux_proxy.settings import Settings
@@ -97,7 +98,7 @@ async def line_request(
                 )
             uploads.append(UploadedFile("image[]", doc["filename"], doc["content_type"], data))
     try:
-        return await build_image_request(RawRequest(fields, uploads), settings, edit=edit)
+        request = await build_image_request(RawRequest(fields, uploads), settings, edit=edit)
     except ApiError as error:
         if edit and error.param == "image" and error.code == "missing_required_parameter":
             # The live endpoint names its form fields; a line names its images like this.
@@ -107,6 +108,9 @@ async def line_request(
             )
             error.param = "images"
         raise
+    if not owner.may_use(request.job.model.id):  # as the live endpoint refuses it, up front
+        raise model_not_allowed(owner, request.job.model)
+    return request
 
 
 def input_lines(data: bytes) -> list[str]:
