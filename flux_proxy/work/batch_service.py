@@ -6,7 +6,7 @@ document, so `batches.retrieve` shows progress as it happens on any replica.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,10 @@ class BatchService:
                 f"file {file_id[:80]} has purpose {file_doc['purpose']!r}, not 'batch'",
                 param="input_file_id",
             )
-        checked = await check_input(data, endpoint, self.settings, self.files, caller)
+        # Lines are checked as the runner will run them: as their owner's own (an admin's
+        # line cannot name another key's image file, which the runner could not read).
+        owner = replace(caller, role="user")
+        checked = await check_input(data, endpoint, self.settings, self.files, owner)
         now = self.clock.now()
         batch_id = new_batch_id()
         total = len(checked.payloads) + len(checked.errors)
