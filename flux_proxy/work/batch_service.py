@@ -195,7 +195,9 @@ class BatchService:
         body = public_batch(doc, counts)
         if doc["status"] == "in_progress":
             left = doc["request_counts"]["total"] - finished_lines(counts)
-            rooms = await account_rooms(self.pool, self.store, self.settings, self.clock)
+            rooms = await account_rooms(
+                self.pool, self.store, self.settings, self.clock, held=False
+            )
             at, _ = estimate_completion(
                 doc["line_neurons"],
                 left,

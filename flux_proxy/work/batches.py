@@ -271,9 +271,12 @@ def budget_reserve(settings: Settings) -> float:
 
 
 async def account_rooms(
-    pool: Any, store: Any, settings: Settings, clock: Clock
+    pool: Any, store: Any, settings: Settings, clock: Clock, *, held: bool = True
 ) -> list[AccountRoom]:
-    """Each account's room for batch lines, read from the store (never from Cloudflare)."""
+    """Each account's room for batch lines, read from the store (never from Cloudflare).
+
+    `held=False` leaves out the neurons held for calls in flight: an estimate counts a
+    running line among the lines left, and must not count it a second time as spent."""
     now = clock.now()
     accounts = list(pool.accounts)
     plain = [account_key(a) for a in accounts]
@@ -294,7 +297,7 @@ async def account_rooms(
             rooms.append(AccountRoom(account.number, None, None, not blocked))
             continue
         per_day = max(0.0, budget - reserve)
-        today = max(0.0, per_day - usage[key].used - usage[key].reserved)
+        today = max(0.0, per_day - usage[key].used - (usage[key].reserved if held else 0.0))
         if blocked and block.kind == "parked":
             today = 0.0
         rooms.append(AccountRoom(account.number, today, per_day, not blocked))
@@ -371,7 +374,7 @@ async def estimate(
             raise
         neurons.append(max(request.job.estimated_neurons(), 1.0) * request.n)
         seconds.append(request.job.model.typical_seconds)
-    rooms = await account_rooms(pool, store, settings, clock)
+    rooms = await account_rooms(pool, store, settings, clock, held=False)
     total = sum(neurons)
     at, days = estimate_completion(
         total / len(neurons),
