@@ -22,6 +22,7 @@ from flux_proxy.work.batches import (
     BATCH_KIND,
     ENDPOINTS,
     account_rooms,
+    beyond_any_day,
     check_input,
     estimate_completion,
     finished_lines,
@@ -74,9 +75,14 @@ class BatchService:
         # line cannot name another key's image file, which the runner could not read).
         owner = replace(caller, role="user")
         checked = await check_input(data, endpoint, self.settings, self.files, owner)
+        total = len(checked.payloads) + len(checked.errors)
+        if not checked.errors:
+            rooms = await account_rooms(
+                self.pool, self.store, self.settings, self.clock, held=False
+            )
+            checked.errors = beyond_any_day(checked, rooms)
         now = self.clock.now()
         batch_id = new_batch_id()
-        total = len(checked.payloads) + len(checked.errors)
         doc: dict = {
             "id": batch_id,
             "object": "batch",

@@ -128,6 +128,7 @@ class CheckedInput:
     neurons: list[float]  # each line's estimated price (all of its n images)
     typical_seconds: float
     models: set[str] = field(default_factory=set)  # the models the lines run on, by id
+    numbers: list[int] = field(default_factory=list)  # each payload's line number (from 1)
 
 
 async def check_input(
@@ -156,6 +157,7 @@ async def check_input(
                 )
             continue
         checked.payloads.append(text)
+        checked.numbers.append(number)
         checked.neurons.append(max(request.job.estimated_neurons(), 1.0) * request.n)
         seconds.append(request.job.model.typical_seconds)
         checked.models.add(request.job.model.id)
@@ -196,6 +198,28 @@ async def _check_line(
     if line.get("url") != endpoint:
         raise invalid(f"url must be the batch's endpoint, {endpoint}", param="url")
     return await line_request(line.get("body"), settings, edit=edit, files=files, owner=owner)
+
+
+def beyond_any_day(checked: CheckedInput, rooms: list[AccountRoom]) -> list[dict]:
+    """Lines no account could ever run: dearer than the most any account gives batches in a
+    day (its budget less the live reserve). Queued, such a line would wait at the head of the
+    batch until it expired. Nothing to say when an account has no budget, or none is known."""
+    days = [room.per_day for room in rooms]
+    if not days or None in days:
+        return []
+    most = max(day for day in days if day is not None)
+    return [
+        _error(
+            number,
+            "exceeds_daily_budget",
+            f"this line costs about {cost:,.0f} neurons, more than any account gives batches "
+            f"in a day ({most:,.0f}: its budget less BATCH_BUDGET_RESERVE); ask for fewer or "
+            "smaller images",
+            "body",
+        )
+        for number, cost in zip(checked.numbers, checked.neurons, strict=True)
+        if cost > most
+    ][:MAX_REPORTED_ERRORS]
 
 
 def _error(line: int | None, code: str, message: str, param: str | None) -> dict:
