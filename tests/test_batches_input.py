@@ -108,3 +108,28 @@ def test_a_model_the_key_may_not_use_fails_the_batch_up_front(make_proxy, tmp_pa
                 cast_to=object,
             )
     assert emulator.calls() == []
+
+
+def test_a_line_bigger_than_the_keys_whole_day_fails_the_batch_up_front(
+    make_proxy, tmp_path, emulator
+):
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        '[[keys]]\nname = "dan"\nkey = "fpx-dan-key-0123456789abcdefgh"\nrole = "user"\n'
+        "daily_images = 3\n"
+    )
+    proxy = make_proxy(data_dir=tmp_path / "data", api_keys_file=keys)
+    with openai.OpenAI(
+        base_url=proxy.base_url, api_key="fpx-dan-key-0123456789abcdefgh", max_retries=0
+    ) as dan:
+        lines = generation_lines(3)
+        lines[2]["body"]["n"] = 4  # the key makes 3 a day: this line could never run
+        batch = submit(dan, "\n".join(json.dumps(x) for x in lines).encode())
+        assert batch.status == "failed"
+        assert [(e.line, e.param, e.code) for e in batch.errors.data] == [
+            (3, "n", "exceeds_key_quota")
+        ]
+        lines[2]["body"]["n"] = 3  # more than today's rest, but one day's worth: it waits
+        assert submit(dan, "\n".join(json.dumps(x) for x in lines).encode()).status == (
+            "in_progress"
+        )

@@ -197,7 +197,25 @@ async def _check_line(
         raise invalid("method must be 'POST'", param="method")
     if line.get("url") != endpoint:
         raise invalid(f"url must be the batch's endpoint, {endpoint}", param="url")
-    return await line_request(line.get("body"), settings, edit=edit, files=files, owner=owner)
+    request = await line_request(line.get("body"), settings, edit=edit, files=files, owner=owner)
+    _check_key_day(request, owner)
+    return request
+
+
+def _check_key_day(request: ImageRequest, owner: Caller) -> None:
+    """A line bigger than its key's whole daily quota: queued, it would rest day after day
+    (the quota refuses it every day) until the batch expired."""
+    images, neurons = request.n, request.n * request.job.estimated_neurons()
+    over_images = owner.daily_images is not None and images > owner.daily_images
+    over_neurons = owner.daily_neurons is not None and neurons > owner.daily_neurons
+    if over_images or over_neurons:
+        raise invalid(
+            f"this line asks for {images} image(s), about {neurons:,.0f} neurons: more than "
+            f"this key's whole day (daily_images {owner.daily_images}, daily_neurons "
+            f"{owner.daily_neurons})",
+            param="n",
+            code="exceeds_key_quota",
+        )
 
 
 def beyond_any_day(checked: CheckedInput, rooms: list[AccountRoom]) -> list[dict]:
