@@ -4,6 +4,7 @@ refused. Real uvicorn proxy, the unchanged openai SDK."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import tracemalloc
@@ -104,3 +105,26 @@ def test_an_upload_declared_over_the_limit_is_refused_before_its_body(make_proxy
         conn.sendall(head.encode())  # and not one byte of the body
         answer = conn.recv(65536).decode()
     assert answer.startswith("HTTP/1.1 413"), answer
+
+
+def test_a_big_file_is_streamed_back_not_read_into_memory(sdk, tmp_path):
+    line = json.dumps({"custom_id": "y", "method": "POST", "url": "/v1/images/generations"})
+    source = tmp_path / "big.jsonl"
+    source.write_text((line + "\n") * (24 * 1024 * 1024 // (len(line) + 1)), encoding="utf-8")
+    with source.open("rb") as handle:
+        uploaded = sdk.files.create(file=("big.jsonl", handle), purpose="batch")
+    digest, size = hashlib.sha256(), 0
+    tracemalloc.start()
+    try:
+        # The SDK's streaming form, so the client holds one chunk at a time too.
+        with sdk.files.with_streaming_response.content(uploaded.id) as response:
+            assert response.headers["content-length"] == str(uploaded.bytes)
+            for chunk in response.iter_bytes():
+                digest.update(chunk)
+                size += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size == uploaded.bytes
+    assert digest.hexdigest() == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert peak < size / 4, f"sending {size} bytes peaked at {peak} bytes of memory"

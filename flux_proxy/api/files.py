@@ -4,8 +4,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from flux_proxy.api.caller import caller_of
@@ -17,6 +22,7 @@ from flux_proxy.work.file_blobs import discard
 from flux_proxy.work.files import public
 
 MAX_LIST = 10_000  # OpenAI's page limit for files
+CHUNK_BYTES = 1024 * 1024
 
 
 def parts(request: Request) -> BatchParts:
@@ -101,17 +107,28 @@ async def retrieve(request: Request) -> Response:
 
 
 async def content(request: Request) -> Response:
-    data, doc = await parts(request).files.content(
+    contents, doc = await parts(request).files.open_content(
         request.path_params["file_id"], caller_of(request.scope)
     )
-    return Response(
-        data,
+    return StreamingResponse(
+        _chunks(contents),
         media_type=doc["content_type"],
         headers={
+            # The open file's own size: an output file rewritten meanwhile stays whole.
+            "content-length": str(os.fstat(contents.fileno()).st_size),
             "content-disposition": f'attachment; filename="{_safe(doc["filename"])}"',
             "x-content-type-options": "nosniff",
         },
     )
+
+
+async def _chunks(contents: BinaryIO) -> AsyncIterator[bytes]:
+    """A stored file in 1 MB reads off the event loop: never all of it in memory."""
+    try:
+        while chunk := await asyncio.to_thread(contents.read, CHUNK_BYTES):
+            yield chunk
+    finally:
+        contents.close()
 
 
 async def delete(request: Request) -> Response:

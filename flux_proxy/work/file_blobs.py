@@ -18,6 +18,7 @@ import re
 import time
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from flux_proxy.clock import Clock
 
@@ -74,6 +75,24 @@ class DiskBlobs:
             if meta["expires_at"] <= now:
                 return None
             return path.read_bytes(), meta["content_type"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    async def open_blob(self, key: str) -> tuple[BinaryIO, str] | None:
+        """The blob opened for reading (the caller closes it) and its content type, or None
+        when missing or expired. An open file reads on even if the blob is deleted now."""
+        try:
+            path = self._path(key)
+        except ValueError:
+            return None
+        return await asyncio.to_thread(self._open, path, self._clock.now())
+
+    def _open(self, path: Path, now: float) -> tuple[BinaryIO, str] | None:
+        try:
+            meta = json.loads(path.with_name(path.name + ".meta").read_bytes())
+            if meta["expires_at"] <= now:
+                return None
+            return path.open("rb"), meta["content_type"]
         except (FileNotFoundError, ValueError, KeyError):
             return None
 

@@ -11,7 +11,7 @@ import itertools
 import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from flux_proxy.api.caller import Caller
 from flux_proxy.clock import Clock
@@ -184,6 +184,14 @@ class FileStore:
     async def content(self, file_id: str, caller: Caller) -> tuple[bytes, dict]:
         doc = await self.get(file_id, caller)
         found = await self.blobs.get_blob(file_id)
+        if found is None:
+            raise not_found(file_id)
+        return found[0], doc
+
+    async def open_content(self, file_id: str, caller: Caller) -> tuple[BinaryIO, dict]:
+        """The contents opened for streaming (the caller closes them): a file may be 200 MB."""
+        doc = await self.get(file_id, caller)
+        found = await self.blobs.open_blob(file_id)
         if found is None:
             raise not_found(file_id)
         return found[0], doc
