@@ -128,3 +128,39 @@ def test_a_big_file_is_streamed_back_not_read_into_memory(sdk, tmp_path):
     assert size == uploaded.bytes
     assert digest.hexdigest() == hashlib.sha256(source.read_bytes()).hexdigest()
     assert peak < size / 4, f"sending {size} bytes peaked at {peak} bytes of memory"
+
+
+def test_a_form_cut_short_before_its_closing_boundary_is_refused_not_kept(sdk, data_dir):
+    whole = b'{"custom_id": "a"}\n' * 100
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n'
+        b"Content-Type: application/jsonl\r\n\r\n" + whole[:1000]  # and no "\r\n--b--"
+    )
+    cut = httpx.post(
+        str(sdk.base_url) + "files",
+        headers={
+            "authorization": f"Bearer {sdk.api_key}",
+            "content-type": "multipart/form-data; boundary=b",
+        },
+        content=body,
+        timeout=10,
+    )
+    assert cut.status_code == 400, cut.text
+    assert cut.json()["error"]["code"] == "invalid_multipart"
+    # Other broken forms: an OpenAI error each, never a 500.
+    for content_type, broken in (
+        ("multipart/form-data", b"--b\r\n\r\n"),  # no boundary in the header
+        ("multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-data\r\n\r\nx"),
+        ("multipart/form-data; boundary=b", b"\x00garbage\r\n--b--junk"),
+    ):
+        answer = httpx.post(
+            str(sdk.base_url) + "files",
+            headers={"authorization": f"Bearer {sdk.api_key}", "content-type": content_type},
+            content=broken,
+            timeout=10,
+        )
+        assert answer.status_code == 400, (broken, answer.text)
+        assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+    assert list(sdk.files.list()) == []
+    assert spool_leftovers(data_dir) == []

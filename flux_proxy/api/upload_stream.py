@@ -25,7 +25,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
 from flux_proxy.api.body import check_declared_length, media_type_of, request_timeout
-from flux_proxy.errors import invalid, too_large
+from flux_proxy.errors import ApiError, invalid, too_large
 from flux_proxy.work.file_blobs import discard
 
 MAX_FIELDS = 100
@@ -62,6 +62,7 @@ class _Receiver:
         self.header_name = self.header_value = b""
         self.fields = 0
         self.has_file = False
+        self.ended = False  # the closing boundary arrived
 
     def callbacks(self) -> dict:
         return {
@@ -72,6 +73,7 @@ class _Receiver:
             "on_headers_finished": self.on_headers_finished,
             "on_part_data": self.on_part_data,
             "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
         }
 
     def on_part_begin(self) -> None:
@@ -89,7 +91,7 @@ class _Receiver:
         disposition = dict(self.part.headers).get(b"content-disposition", b"")
         _, options = parse_options_header(disposition)
         if b"name" not in options:
-            raise invalid("malformed form body: a part has no name", code="invalid_multipart")
+            raise _malformed("a part has no name")
         self.part.name = options[b"name"].decode("utf-8", "replace")
         if b"filename" in options:
             if self.part.name != FILE_FIELD or self.has_file:
@@ -104,7 +106,7 @@ class _Receiver:
         else:
             self.fields += 1
             if self.fields > MAX_FIELDS:
-                raise invalid("malformed form body: too many fields", code="invalid_multipart")
+                raise _malformed("too many fields")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.part.is_file:
@@ -118,6 +120,9 @@ class _Receiver:
         self.part.data.extend(data[start:end])
         if len(self.part.data) > self.max_field_bytes:
             raise too_large(f"the form field {self.part.name[:40]!r} is too long")
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def on_part_end(self) -> None:
         if not self.part.is_file:
@@ -146,7 +151,7 @@ async def receive_upload(
         )
     _, params = parse_options_header(headers.get("content-type", ""))
     if b"boundary" not in params:
-        raise invalid("malformed form body: no multipart boundary", code="invalid_multipart")
+        raise _malformed("no multipart boundary")
     upload = SpooledUpload()
     receiver = _Receiver(upload, max_file_bytes, max_field_bytes)
     parser = python_multipart.MultipartParser(params[b"boundary"], receiver.callbacks())
@@ -157,12 +162,16 @@ async def receive_upload(
                 try:
                     parser.write(chunk)
                 except FormParserError:
-                    raise invalid("malformed form body", code="invalid_multipart") from None
+                    raise _malformed("python-multipart could not parse it") from None
                 if receiver.pending:
                     data = b"".join(receiver.pending)
                     receiver.pending.clear()
                     await asyncio.to_thread(out.write, data)
             parser.finalize()
+        if not receiver.ended:
+            # python-multipart's finalize does not check this: a body cut short would keep
+            # a truncated file as if it were whole.
+            raise _malformed("it ends before its closing boundary")
         await asyncio.to_thread(_close_synced, out)
     except BaseException:
         out.close()
@@ -173,6 +182,10 @@ async def receive_upload(
     else:
         discard(spool)
     return upload
+
+
+def _malformed(why: str) -> ApiError:
+    return invalid(f"malformed form body: {why}", param=None, code="invalid_multipart")
 
 
 def _open_new(path: Path) -> BinaryIO:
