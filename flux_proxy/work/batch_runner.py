@@ -47,15 +47,12 @@ from flux_proxy.logs import log_event
 from flux_proxy.metrics import Metrics
 from flux_proxy.settings import Settings
 from flux_proxy.store.base import LineClaim, StoreUnavailable
+from flux_proxy.work.batch_estimates import AccountRoom, account_rooms, batch_slots, budget_reserve
 from flux_proxy.work.batches import (
     ACTIVE,
     ACTIVE_KIND,
     BATCH_KIND,
     ENDPOINTS,
-    AccountRoom,
-    account_rooms,
-    batch_slots,
-    budget_reserve,
     finished_lines,
     line_request,
     output_file_ids,
