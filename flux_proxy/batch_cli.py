@@ -11,7 +11,9 @@ use them), so it works against any flux-proxy the caller can reach:
 
 Stopping (Ctrl+C) leaves the batch running on the proxy. `--resume BATCH_ID` picks it up again
 and downloads only the images not already in `--out`. The exit code is 0 when every line has
-its image, 1 when some line failed or the batch ended otherwise, 130 when stopped.
+its image, 1 when some line failed or the batch ended otherwise, 2 for a usage error (an
+unreadable file, a refused key, an unknown `--resume` id), 130 when stopped. A proxy that
+stops answering while the batch is followed (a restart) is waited for.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
 
 class BatchCliError(Exception):
     """Something the user must fix or know about; printed as one line, never a traceback."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the proxy's HTTP status, when it answered
+
+
+# A proxy restarting, redeployed or briefly without its shared state: following a batch that
+# runs for days waits for it instead of giving up (a 404 or 401 still ends the command).
+PASSING_STATUSES = (502, 503, 504)
 
 
 # --- arguments ----------------------------------------------------------------------------------
@@ -163,7 +174,8 @@ class Api:
         headers = self.headers if url.startswith(self.root + "/") else {}
         async with self.session.get(url, headers=headers) as response:
             if response.status != 200:
-                raise BatchCliError(f"downloading {url} answered {response.status}")
+                status = response.status
+                raise BatchCliError(f"downloading {url} answered {status}", status)
             return await response.read()
 
 
@@ -175,7 +187,7 @@ def _checked(status: int, body: bytes, path: str) -> dict[str, Any]:
     if status >= 400 or not isinstance(data, dict):
         error = data.get("error") if isinstance(data, dict) else None
         message = error.get("message") if isinstance(error, dict) else None
-        raise BatchCliError(f"{path} answered {status}: {message or 'no error message'}")
+        raise BatchCliError(f"{path} answered {status}: {message or 'no error message'}", status)
     return data
 
 
@@ -279,28 +291,41 @@ async def follow(api: Api, batch_id: str, out: Path, poll: float, console: Conso
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(batch_id, total=None, failed="", eta="")
         while True:
-            batch = await api.batch(batch_id)
-            counts = batch.get("request_counts") or {}
-            failed = int(counts.get("failed") or 0)
-            progress.update(
-                task,
-                description=f"{batch_id} {batch.get('status')}",
-                total=int(counts.get("total") or 0) or None,
-                completed=int(counts.get("completed") or 0) + failed,
-                failed=f"{failed} failed" if failed else "",
-                eta=eta_text(batch),
-            )
-            progress.refresh()  # the "saved" lines below print under the bar as it is now
-            # Each poll saves whatever lines are new: the proxy publishes finished lines as
-            # they are made, not only in the output file at the end as OpenAI does.
-            if int(counts.get("completed") or 0) > len(saved_stems(out)) or batch.get(
-                "output_file_id"
-            ):
-                await save_missing(api, await api.finished_lines(batch_id), out, console)
+            try:
+                batch = await _look(api, batch_id, out, console, progress, task)
+            except (aiohttp.ClientError, TimeoutError, BatchCliError) as error:
+                if isinstance(error, BatchCliError) and error.status not in PASSING_STATUSES:
+                    raise
+                progress.update(task, eta="the proxy does not answer; trying again")
+                await asyncio.sleep(max(poll, 1.0))
+                continue
             if batch.get("status") in TERMINAL:
                 break
             await asyncio.sleep(poll)
     return await report(api, batch, out, console)
+
+
+async def _look(
+    api: Api, batch_id: str, out: Path, console: Console, progress: Progress, task: Any
+) -> dict[str, Any]:
+    """One check of the batch: the bar brought up to date, and the images that are new saved."""
+    batch = await api.batch(batch_id)
+    counts = batch.get("request_counts") or {}
+    failed = int(counts.get("failed") or 0)
+    progress.update(
+        task,
+        description=f"{batch_id} {batch.get('status')}",
+        total=int(counts.get("total") or 0) or None,
+        completed=int(counts.get("completed") or 0) + failed,
+        failed=f"{failed} failed" if failed else "",
+        eta=eta_text(batch),
+    )
+    progress.refresh()  # the "saved" lines below print under the bar as it is now
+    # Each check saves whatever lines are new: the proxy publishes finished lines as they
+    # are made, not only in the output file at the end as OpenAI does.
+    if int(counts.get("completed") or 0) > len(saved_stems(out)) or batch.get("output_file_id"):
+        await save_missing(api, await api.finished_lines(batch_id), out, console)
+    return batch
 
 
 async def report(api: Api, batch: dict[str, Any], out: Path, console: Console) -> int:
@@ -333,6 +358,8 @@ async def main_async(args: argparse.Namespace, console: Console, state: dict[str
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         api = Api(session, api_root(args.url), key)
+        if args.resume:
+            await api.batch(args.resume)  # a wrong id or key is a usage error: no folder made
         batch_id = args.resume or await submit(api, args, console)
         state["batch_id"] = batch_id
         out = args.out or Path(batch_id)

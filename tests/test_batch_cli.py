@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from procs import API_KEY, clean_env, shared_emulator, start_proxy
+from procs import API_KEY, clean_env, shared_emulator, spawn, start_proxy
 
 PROMPTS = "a red bicycle\n\na lighthouse at dusk\na fox in snow\n  \na tea cup\nmoss\na kite\n"
 LINES = ["0001", "0003", "0004", "0006", "0007", "0008"]  # line numbers of the prompts
@@ -138,6 +138,12 @@ def test_a_batch_the_proxy_refuses_exits_non_zero_with_the_reason_and_spends_not
     assert "401" in refused.stderr
     missing = run_cli(batch_argv(proxy, tmp_path / "nope.txt"), tmp_path)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+    never = tmp_path / "never"
+    unknown = run_cli(
+        batch_argv(proxy, prompts, "--resume", "batch_nope", "--out", str(never)), tmp_path
+    )
+    assert unknown.returncode == 2 and "404" in unknown.stderr
+    assert not never.exists()
 
 
 # --- the pieces ---------------------------------------------------------------------------------
@@ -204,3 +210,38 @@ def test_each_image_is_saved_as_its_line_finishes_not_only_at_the_end(tmp_path, 
     assert 1 <= seen_early[0] < len(LINES)
     assert sorted(images_in(out)) == [f"{line}.png" for line in LINES]
     assert len(emulator.calls()) == len(LINES)
+
+
+def test_it_waits_out_a_proxy_restart_and_finishes_the_batch(tmp_path, proxy, emulator):
+    emulator.config(latency=1.0)  # 6 lines, 3 at a time: time to restart the proxy in
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS)
+    out = tmp_path / "out"
+    log = tmp_path / "cli.log"
+    with log.open("w") as log_file:
+        cli = subprocess.Popen(
+            batch_argv(proxy, prompts, "--out", str(out), "--key", API_KEY),
+            env=clean_env(),
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    again = None
+    try:
+        deadline = time.monotonic() + 30
+        while "submitted batch_" not in log.read_text():
+            assert cli.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        proxy.proc.stop()  # a redeploy: the batch stays in the SQLite state under DATA_DIR
+        time.sleep(2.0)  # several of the command's checks find nobody answering
+        assert cli.poll() is None, log.read_text()
+        argv = [sys.executable, "-m", "flux_proxy", "serve", "--port", str(proxy.proc.port)]
+        again = spawn("proxy", argv, proxy.env, tmp_path / "again", proxy.proc.port)
+        again.wait_until("/health/live")
+        assert cli.wait(timeout=90) == 0, log.read_text()
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        if again is not None:
+            again.stop()
+    assert sorted(images_in(out)) == [f"{line}.png" for line in LINES]

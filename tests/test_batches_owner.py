@@ -84,3 +84,28 @@ async def test_a_line_cannot_reference_another_callers_image_file(parts, png):
     )
     assert batch["status"] == "failed"
     assert batch["errors"]["data"][0]["param"] == "image_file_ids"
+
+
+async def test_an_admins_line_cannot_name_another_keys_image_file_either(parts, png):
+    # The runner reads a line's files as the batch's owner: accepting the line would only
+    # fail it later, when it runs.
+    image = await parts.files.upload("bob", "ref.png", "vision", png())
+    line = {
+        "custom_id": "x",
+        "method": "POST",
+        "url": "/v1/images/edits",
+        "body": {"model": "flux-2-klein-4b", "prompt": "p", "image_file_ids": [image["id"]]},
+    }
+    uploaded = await parts.files.upload("master", "in.jsonl", "batch", jsonl([line]))
+    batch = await parts.service.create(
+        ADMIN, {"input_file_id": uploaded["id"], "endpoint": "/v1/images/edits"}, ""
+    )
+    assert batch["status"] == "failed"
+    assert batch["errors"]["data"][0]["param"] == "image_file_ids"
+    own = await parts.files.upload("master", "mine.png", "vision", png())
+    line["body"]["image_file_ids"] = [own["id"]]
+    uploaded = await parts.files.upload("master", "in.jsonl", "batch", jsonl([line]))
+    batch = await parts.service.create(
+        ADMIN, {"input_file_id": uploaded["id"], "endpoint": "/v1/images/edits"}, ""
+    )
+    assert batch["status"] == "in_progress"

@@ -253,3 +253,54 @@ def test_a_key_past_its_daily_images_rests_its_batch_until_the_reset(
         done = wait_for(client, batch.id, ("completed",))
     assert done.request_counts.completed == 5
     assert len(emulator.calls()) == 5
+
+
+def test_lines_running_now_are_not_counted_twice_in_the_estimate(emulator, make_proxy, tmp_path):
+    clock = FrozenClock(_day(2026, 3, 10, 9))
+    # Room for exactly the batch's 4 lines today, 2 at a time (half of 4 slots).
+    proxy = _one_account(
+        emulator, make_proxy, tmp_path, clock, daily_neurons=4 * PRICE + 1, account_concurrency=4
+    )
+    emulator._post("config", {"latency": 3.0})
+    try:
+        with _client(proxy) as client:
+            batch = _submit(client, 4)
+            wait_until(
+                lambda: (
+                    httpx.get(proxy.url + "/health", headers=proxy.auth, timeout=10).json()[
+                        "accounts"
+                    ][0]["in_flight"]
+                    == 2
+                ),
+                what="two lines in flight",
+            )
+            running = client.batches.retrieve(batch.id)
+            assert running.request_counts.completed == 0
+            # All four fit today: the two in flight hold neurons, but are still lines left.
+            midnight = next_utc_midnight(clock.now())
+            assert running.model_extra["estimated_completion_at"] < midnight, running
+    finally:
+        emulator._post("config", {"latency": 0.0})
+
+
+def test_a_line_no_account_could_pay_for_in_a_day_fails_the_batch_up_front(
+    emulator, make_proxy, tmp_path
+):
+    clock = FrozenClock(_day(2026, 3, 10, 9))
+    proxy = _one_account(emulator, make_proxy, tmp_path, clock, daily_neurons=3 * PRICE + 1)
+    lines = generation_lines(3)
+    lines[1]["body"]["n"] = 4  # four images: more than the account's whole day
+    with _client(proxy) as client:
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="7d"
+        )
+        assert batch.status == "failed", batch
+        assert [(e.line, e.code) for e in batch.errors.data] == [(2, "exceeds_daily_budget")]
+        assert batch.request_counts.total == 3
+        lines[1]["body"]["n"] = 3  # a whole day's budget: it runs
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        fits = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="7d"
+        )
+        assert fits.status == "in_progress", fits.errors

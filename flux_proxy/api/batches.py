@@ -14,7 +14,7 @@ from flux_proxy.api.caller import caller_of
 from flux_proxy.api.files import list_limit, page, parts
 from flux_proxy.api.render import base_url_for, json_response
 from flux_proxy.errors import too_large
-from flux_proxy.work.batches import estimate as estimate_batch
+from flux_proxy.work.batch_estimates import estimate as estimate_batch
 
 MAX_BATCH_LIST = 100  # OpenAI's page limit for batches
 

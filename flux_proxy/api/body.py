@@ -9,6 +9,7 @@ JSON, multipart and urlencoded bodies all come out as one `RawRequest`, so the v
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,11 +45,11 @@ class _InMemoryMultiPartParser(MultiPartParser):
     spool_max_size = 256 * 1024 * 1024
 
 
-def _media_type(headers: Headers) -> str:
+def media_type_of(headers: Headers) -> str:
     return headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def _check_declared_length(headers: Headers, limit: int) -> None:
+def check_declared_length(headers: Headers, limit: int) -> None:
     declared = headers.get("content-length")
     if declared is None:
         return
@@ -102,9 +103,16 @@ async def read_request(
 ) -> RawRequest:
     """Decode a JSON, multipart or urlencoded body; 413 over `max_body_bytes`, 415 otherwise,
     408 when the whole body has not arrived within `body_timeout` seconds (a trickling client)."""
+    async with request_timeout(body_timeout):
+        return await _read_request(request, max_body_bytes, max_field_bytes)
+
+
+@contextlib.asynccontextmanager
+async def request_timeout(body_timeout: float | None) -> AsyncIterator[None]:
+    """408 when the body has not arrived within `body_timeout` seconds (a trickling client)."""
     try:
         async with asyncio.timeout(body_timeout):
-            return await _read_request(request, max_body_bytes, max_field_bytes)
+            yield
     except TimeoutError:
         raise ApiError(
             408,
@@ -116,8 +124,8 @@ async def read_request(
 
 async def _read_request(request: Request, max_body_bytes: int, max_field_bytes: int) -> RawRequest:
     headers = request.headers
-    _check_declared_length(headers, max_body_bytes)
-    media_type = _media_type(headers)
+    check_declared_length(headers, max_body_bytes)
+    media_type = media_type_of(headers)
 
     if media_type == "application/json" or media_type.endswith("+json"):
         return RawRequest(parse_json_object(await _read_all(request, max_body_bytes)))

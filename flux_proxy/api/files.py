@@ -4,18 +4,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from flux_proxy.api.body import read_request
 from flux_proxy.api.caller import caller_of
 from flux_proxy.api.render import json_response
+from flux_proxy.api.upload_stream import receive_upload
 from flux_proxy.errors import invalid
 from flux_proxy.work.batch_service import BatchParts
+from flux_proxy.work.file_blobs import discard
 from flux_proxy.work.files import public
 
 MAX_LIST = 10_000  # OpenAI's page limit for files
+CHUNK_BYTES = 1024 * 1024
 
 
 def parts(request: Request) -> BatchParts:
@@ -47,26 +54,35 @@ def list_limit(request: Request, default: int, maximum: int) -> int:
 
 async def upload(request: Request) -> Response:
     settings = request.app.state.services.settings
-    raw = await read_request(
+    files = parts(request).files
+    # The file part streams to disk as it arrives (up to 200 MB, never all in memory).
+    received = await receive_upload(
         request,
-        max_body_bytes=settings.files_max_bytes + 64 * 1024,
+        files.blobs.spool_path(),
+        max_file_bytes=settings.files_max_bytes,
         max_field_bytes=64 * 1024,
         body_timeout=max(settings.body_read_timeout, 600.0),  # 200 MB take a while
     )
-    purpose = raw.fields.get("purpose")
-    if not isinstance(purpose, str) or not purpose:
-        raise invalid("purpose is required", param="purpose", code="missing_required_parameter")
-    uploads = [f for f in raw.files if f.field == "file"]
-    if len(uploads) != 1:
-        raise invalid(
-            "send exactly one file, in the multipart field 'file'",
-            param="file",
-            code="missing_required_parameter",
+    try:
+        purpose = received.fields.get("purpose")
+        if not purpose:
+            raise invalid("purpose is required", param="purpose", code="missing_required_parameter")
+        if received.path is None:
+            raise invalid(
+                "send exactly one file, in the multipart field 'file'",
+                param="file",
+                code="missing_required_parameter",
+            )
+        doc = await files.upload_spooled(
+            caller_of(request.scope).name,
+            received.filename or "file",
+            purpose,
+            received.path,
+            received.size,
         )
-    upload = uploads[0]
-    doc = await parts(request).files.upload(
-        caller_of(request.scope).name, upload.filename or "file", purpose, upload.data
-    )
+    finally:
+        if received.path is not None:
+            discard(received.path)  # refused before it was kept
     return json_response(public(doc))
 
 
@@ -91,17 +107,28 @@ async def retrieve(request: Request) -> Response:
 
 
 async def content(request: Request) -> Response:
-    data, doc = await parts(request).files.content(
+    contents, doc = await parts(request).files.open_content(
         request.path_params["file_id"], caller_of(request.scope)
     )
-    return Response(
-        data,
+    return StreamingResponse(
+        _chunks(contents),
         media_type=doc["content_type"],
         headers={
+            # The open file's own size: an output file rewritten meanwhile stays whole.
+            "content-length": str(os.fstat(contents.fileno()).st_size),
             "content-disposition": f'attachment; filename="{_safe(doc["filename"])}"',
             "x-content-type-options": "nosniff",
         },
     )
+
+
+async def _chunks(contents: BinaryIO) -> AsyncIterator[bytes]:
+    """A stored file in 1 MB reads off the event loop: never all of it in memory."""
+    try:
+        while chunk := await asyncio.to_thread(contents.read, CHUNK_BYTES):
+            yield chunk
+    finally:
+        contents.close()
 
 
 async def delete(request: Request) -> Response:

@@ -47,18 +47,16 @@ from flux_proxy.logs import log_event
 from flux_proxy.metrics import Metrics
 from flux_proxy.settings import Settings
 from flux_proxy.store.base import LineClaim, StoreUnavailable
+from flux_proxy.work.batch_estimates import AccountRoom, account_rooms, batch_slots, budget_reserve
 from flux_proxy.work.batches import (
     ACTIVE,
     ACTIVE_KIND,
     BATCH_KIND,
     ENDPOINTS,
-    AccountRoom,
-    account_rooms,
-    batch_slots,
-    budget_reserve,
     finished_lines,
     line_request,
     output_file_ids,
+    output_line,
     request_counts,
 )
 from flux_proxy.work.files import FileStore
@@ -286,13 +284,8 @@ class BatchRunner:
                 owner=owner,
             )
         except ApiError as error:  # e.g. a referenced file was deleted since validation
-            await self._record(
-                doc,
-                claim,
-                "failed",
-                _error_line(line.get("custom_id"), error.code, error.message),
-                0,
-            )
+            failure = _error_line(line.get("custom_id"), error.code, error.message)
+            await self._record(doc, claim, "failed", failure, 0)
             return True
         cost = max(request.job.estimated_neurons(), 1.0) * request.n
         account = _pick(cost, rooms)
@@ -388,9 +381,7 @@ class BatchRunner:
     ) -> None:
         if request_id is not None and result.get("id") is None:
             result["id"] = request_id
-        counts = await self.store.finish_line(
-            claim, outcome, orjson.dumps(result).decode(), neurons
-        )
+        counts = await self.store.finish_line(claim, outcome, output_line(result), neurons)
         if counts is not None:
             self.metrics.child(self.metrics.batch_lines, outcome).inc()
         log_event(

@@ -6,26 +6,23 @@ document, so `batches.retrieve` shows progress as it happens on any replica.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from flux_proxy.api.caller import Caller
 from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError, invalid
 from flux_proxy.image_store import ImageStore
 from flux_proxy.settings import Settings
+from flux_proxy.work.batch_estimates import account_rooms, beyond_any_day, estimate_completion
 from flux_proxy.work.batch_runner import BatchRunner, LinePool
 from flux_proxy.work.batches import (
     ACTIVE,
     ACTIVE_KIND,
     BATCH_KIND,
     ENDPOINTS,
-    account_rooms,
     check_input,
-    estimate_completion,
     finished_lines,
     new_batch_id,
     public_batch,
@@ -72,10 +69,18 @@ class BatchService:
                 f"file {file_id[:80]} has purpose {file_doc['purpose']!r}, not 'batch'",
                 param="input_file_id",
             )
-        checked = await check_input(data, endpoint, self.settings, self.files, caller)
+        # Lines are checked as the runner will run them: as their owner's own (an admin's
+        # line cannot name another key's image file, which the runner could not read).
+        owner = replace(caller, role="user")
+        checked = await check_input(data, endpoint, self.settings, self.files, owner)
+        total = len(checked.payloads) + len(checked.errors)
+        if not checked.errors:
+            rooms = await account_rooms(
+                self.pool, self.store, self.settings, self.clock, held=False
+            )
+            checked.errors = beyond_any_day(checked, rooms)
         now = self.clock.now()
         batch_id = new_batch_id()
-        total = len(checked.payloads) + len(checked.errors)
         doc: dict = {
             "id": batch_id,
             "object": "batch",
@@ -120,8 +125,9 @@ class BatchService:
             await self.store.put_doc(BATCH_KIND, batch_id, doc)
             return public_batch(doc)
         doc["in_progress_at"] = int(now)
-        models = {_model_of(p) for p in checked.payloads}
-        doc["model"] = models.pop() if len(models) == 1 else None
+        # OpenAI's `model`: the one model every line runs on (the default for lines naming
+        # none), as the lines' answers name it; None for a batch of several models.
+        doc["model"] = next(iter(checked.models)) if len(checked.models) == 1 else None
         # Lines first, then the document: a runner never sees a batch without its lines.
         await self.store.add_lines(
             batch_id, checked.payloads, window + self.settings.batch_output_ttl
@@ -193,7 +199,9 @@ class BatchService:
         body = public_batch(doc, counts)
         if doc["status"] == "in_progress":
             left = doc["request_counts"]["total"] - finished_lines(counts)
-            rooms = await account_rooms(self.pool, self.store, self.settings, self.clock)
+            rooms = await account_rooms(
+                self.pool, self.store, self.settings, self.clock, held=False
+            )
             at, _ = estimate_completion(
                 doc["line_neurons"],
                 left,
@@ -221,12 +229,6 @@ def _metadata(value: Any) -> dict | None:
             param="metadata",
         )
     return value
-
-
-def _model_of(payload: str) -> str | None:
-    body = orjson.loads(payload).get("body") or {}
-    model = body.get("model")
-    return model if isinstance(model, str) else None
 
 
 @dataclass

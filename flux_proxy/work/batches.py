@@ -1,6 +1,7 @@
 """Batches: OpenAI's Batch API over the account pool. This module holds what a batch *is*:
 its input validated up front, its document (the OpenAI batch object plus what the runner
-needs), and the estimates of cost and completion. `batch_runner.py` works the lines.
+needs) and its output lines. `batch_estimates.py` holds the accounts' room and the
+estimates; `batch_runner.py` works the lines.
 
 A batch is a document of kind `batch` in the state store; its lines are the store's batch
 lines (see `StateStore.add_lines`). Statuses follow OpenAI: `validating` (only while the
@@ -10,10 +11,9 @@ POST is checking the file), `failed` (a bad line: nothing was queued, nothing sp
 
 from __future__ import annotations
 
-import math
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -21,10 +21,8 @@ import orjson
 from flux_proxy.api.body import RawRequest, UploadedFile
 from flux_proxy.api.caller import Caller
 from flux_proxy.api.parse import ImageRequest, build_image_request
-from flux_proxy.clock import Clock, next_utc_midnight, utc_day
 from flux_proxy.errors import ApiError, invalid
-from flux_proxy.models import find_model
-from flux_proxy.pool import account_key, token_key
+from flux_proxy.keys.quota import model_not_allowed
 from flux_proxy.settings import Settings
 from flux_proxy.work.files import IMAGE_PURPOSES, FileStore
 
@@ -96,7 +94,28 @@ async def line_request(
                     param="image_file_ids",
                 )
             uploads.append(UploadedFile("image[]", doc["filename"], doc["content_type"], data))
-    return await build_image_request(RawRequest(fields, uploads), settings, edit=edit)
+    try:
+        request = await build_image_request(RawRequest(fields, uploads), settings, edit=edit)
+    except ApiError as error:
+        if edit and error.param == "image" and error.code == "missing_required_parameter":
+            # The live endpoint names its form fields; a line names its images like this.
+            error.message = (
+                "an image to edit is required: images (a list of data: URLs) or "
+                "image_file_ids (files uploaded with purpose 'vision' or 'user_data')"
+            )
+            error.param = "images"
+        raise
+    if not owner.may_use(request.job.model.id):  # as the live endpoint refuses it, up front
+        raise model_not_allowed(owner, request.job.model)
+    return request
+
+
+def input_lines(data: bytes) -> list[str]:
+    """A JSONL file's lines, split at "\n" only (then "\r" dropped): `str.splitlines` would
+    also split inside JSON strings at U+2028, U+2029 or U+0085, which JSON leaves unescaped
+    (JavaScript's JSON.stringify writes them raw). A leading byte-order mark (Notepad's
+    "UTF-8") is not part of the first line."""
+    return [line.removesuffix("\r") for line in data.decode("utf-8-sig").split("\n")]
 
 
 @dataclass
@@ -105,6 +124,8 @@ class CheckedInput:
     errors: list[dict]  # OpenAI's errors.data[]: code, message, param, line (from 1)
     neurons: list[float]  # each line's estimated price (all of its n images)
     typical_seconds: float
+    models: set[str] = field(default_factory=set)  # the models the lines run on, by id
+    numbers: list[int] = field(default_factory=list)  # each payload's line number (from 1)
 
 
 async def check_input(
@@ -114,10 +135,10 @@ async def check_input(
     edit = ENDPOINTS[endpoint]
     checked = CheckedInput([], [], [], 0.0)
     seen: set[str] = set()
-    lines = [line for line in data.decode("utf-8").splitlines()]
+    lines = input_lines(data)
     if len([line for line in lines if line.strip()]) > settings.batch_max_lines:
         checked.errors.append(
-            _error(None, "too_many_lines", f"at most {settings.batch_max_lines} lines", None)
+            error_entry(None, "too_many_lines", f"at most {settings.batch_max_lines} lines", None)
         )
         return checked
     seconds = []
@@ -129,14 +150,16 @@ async def check_input(
         except ApiError as error:
             if len(checked.errors) < MAX_REPORTED_ERRORS:
                 checked.errors.append(
-                    _error(number, error.code or "invalid_request", error.message, error.param)
+                    error_entry(number, error.code or "invalid_request", error.message, error.param)
                 )
             continue
         checked.payloads.append(text)
+        checked.numbers.append(number)
         checked.neurons.append(max(request.job.estimated_neurons(), 1.0) * request.n)
         seconds.append(request.job.model.typical_seconds)
+        checked.models.add(request.job.model.id)
     if not checked.payloads and not checked.errors:
-        checked.errors.append(_error(None, "empty_file", "the input file has no lines", None))
+        checked.errors.append(error_entry(None, "empty_file", "the input file has no lines", None))
     checked.typical_seconds = sum(seconds) / len(seconds) if seconds else 0.0
     return checked
 
@@ -171,10 +194,28 @@ async def _check_line(
         raise invalid("method must be 'POST'", param="method")
     if line.get("url") != endpoint:
         raise invalid(f"url must be the batch's endpoint, {endpoint}", param="url")
-    return await line_request(line.get("body"), settings, edit=edit, files=files, owner=owner)
+    request = await line_request(line.get("body"), settings, edit=edit, files=files, owner=owner)
+    _check_key_day(request, owner)
+    return request
 
 
-def _error(line: int | None, code: str, message: str, param: str | None) -> dict:
+def _check_key_day(request: ImageRequest, owner: Caller) -> None:
+    """A line bigger than its key's whole daily quota: queued, it would rest day after day
+    (the quota refuses it every day) until the batch expired."""
+    images, neurons = request.n, request.n * request.job.estimated_neurons()
+    over_images = owner.daily_images is not None and images > owner.daily_images
+    over_neurons = owner.daily_neurons is not None and neurons > owner.daily_neurons
+    if over_images or over_neurons:
+        raise invalid(
+            f"this line asks for {images} image(s), about {neurons:,.0f} neurons: more than "
+            f"this key's whole day (daily_images {owner.daily_images}, daily_neurons "
+            f"{owner.daily_neurons})",
+            param="n",
+            code="exceeds_key_quota",
+        )
+
+
+def error_entry(line: int | None, code: str, message: str, param: str | None) -> dict:
     return {"code": code, "message": message, "param": param, "line": line}
 
 
@@ -189,6 +230,16 @@ def output_file_ids(batch_id: str) -> tuple[str, str]:
     """The output and error files' ids, fixed by the batch: assembling twice overwrites."""
     suffix = batch_id.removeprefix("batch_")
     return f"file-out-{suffix}", f"file-err-{suffix}"
+
+
+# Characters JSON leaves raw in strings but `str.splitlines` splits at (as does the README's
+# `files.content(id).text.splitlines()`): escaped in output lines, which mean the same.
+_LINE_BREAKERS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def output_line(result: dict) -> str:
+    """One line of an output or error file: JSON that every line splitter keeps whole."""
+    return orjson.dumps(result).decode().translate(_LINE_BREAKERS)
 
 
 def public_batch(doc: dict, counts: dict | None = None) -> dict:
@@ -213,148 +264,6 @@ def request_counts(total: int, counts: dict) -> dict:
 
 def finished_lines(counts: dict) -> int:
     return counts["completed"] + counts["failed"] + counts["expired"] + counts["cancelled"]
-
-
-# --- capacity and estimates -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AccountRoom:
-    """What one account can give batches: neurons left today and per day (None: no limit)."""
-
-    number: int
-    today: float | None
-    per_day: float | None
-    usable_now: bool  # not blocked at this moment
-
-
-def budget_reserve(settings: Settings) -> float:
-    """Neurons of each account's day that batches leave for live requests."""
-    if settings.batch_budget_reserve is not None:
-        return settings.batch_budget_reserve
-    model = find_model(settings.default_model, settings.model_aliases)
-    return model.estimate_neurons(None, None, None) if model is not None else 0.0
-
-
-async def account_rooms(
-    pool: Any, store: Any, settings: Settings, clock: Clock
-) -> list[AccountRoom]:
-    """Each account's room for batch lines, read from the store (never from Cloudflare)."""
-    now = clock.now()
-    accounts = list(pool.accounts)
-    plain = [account_key(a) for a in accounts]
-    tokens = [token_key(a) for a in accounts]
-    blocks = await store.get_blocks(plain + tokens)
-    usage = await store.usage(plain, utc_day(now))
-    reserve = budget_reserve(settings)
-    rooms = []
-    for account, key, token in zip(accounts, plain, tokens, strict=True):
-        if (block := blocks.get(token)) is not None and block.active(now):
-            continue  # a rejected token: no room on any day until the operator fixes it
-        block = blocks.get(key)
-        if block is not None and block.kind == "disabled" and block.active(now):
-            continue
-        budget = settings.budget_for(account)
-        blocked = block is not None and block.active(now)
-        if budget is None:
-            rooms.append(AccountRoom(account.number, None, None, not blocked))
-            continue
-        per_day = max(0.0, budget - reserve)
-        today = max(0.0, per_day - usage[key].used - usage[key].reserved)
-        if blocked and block.kind == "parked":
-            today = 0.0
-        rooms.append(AccountRoom(account.number, today, per_day, not blocked))
-    return rooms
-
-
-def batch_slots(settings: Settings) -> int:
-    """Slots per account batch lines may hold at once (on one replica)."""
-    return max(1, math.floor(settings.account_concurrency * settings.batch_slot_share))
-
-
-def estimate_completion(
-    line_neurons: float,
-    lines: int,
-    typical_seconds: float,
-    rooms: list[AccountRoom],
-    settings: Settings,
-    now: float,
-) -> tuple[float | None, int | None]:
-    """(estimated_completion_at, estimated_days) for `lines` lines of about `line_neurons`
-    each, at the accounts' budgets as they stand: today's remainder first, then whole days
-    from 00:00 UTC. estimated_days counts the UTC days lines run on, today included. (None,
-    None) when no account could ever cover a line."""
-    if lines <= 0:
-        return now, 0
-    parallel = max(1, len(rooms) * batch_slots(settings))
-    run_time = math.ceil(lines / parallel) * typical_seconds
-    if any(room.per_day is None for room in rooms):
-        return now + run_time, 1
-    cost = max(line_neurons, 1.0)
-    today = sum(math.floor(room.today / cost) for room in rooms if room.today is not None)
-    per_day = sum(math.floor(room.per_day / cost) for room in rooms if room.per_day is not None)
-    if lines <= today:
-        return now + run_time, 1
-    if per_day == 0:
-        return None, None
-    left = lines - today
-    extra_days = math.ceil(left / per_day)
-    last_day_lines = left - (extra_days - 1) * per_day
-    finish = (
-        next_utc_midnight(now)
-        + (extra_days - 1) * 86400
-        + math.ceil(last_day_lines / parallel) * typical_seconds
-    )
-    return finish, extra_days + (1 if today > 0 else 0)
-
-
-async def estimate(
-    bodies: list[Any],
-    endpoint: str,
-    *,
-    settings: Settings,
-    files: FileStore,
-    owner: Caller,
-    pool: Any,
-    store: Any,
-    clock: Clock,
-) -> dict:
-    """The page's estimate before submitting: the same checks and sums as a batch's own."""
-    if endpoint not in ENDPOINTS:
-        raise unsupported_endpoint(endpoint)
-    if not isinstance(bodies, list) or not bodies:
-        raise invalid("bodies must be a non-empty list of request bodies", param="bodies")
-    if len(bodies) > settings.batch_max_lines:
-        raise invalid(f"at most {settings.batch_max_lines} bodies", param="bodies")
-    neurons, seconds = [], []
-    for index, body in enumerate(bodies):
-        try:
-            request = await line_request(
-                body, settings, edit=ENDPOINTS[endpoint], files=files, owner=owner
-            )
-        except ApiError as error:
-            error.param = f"bodies[{index}].{error.param}" if error.param else f"bodies[{index}]"
-            raise
-        neurons.append(max(request.job.estimated_neurons(), 1.0) * request.n)
-        seconds.append(request.job.model.typical_seconds)
-    rooms = await account_rooms(pool, store, settings, clock)
-    total = sum(neurons)
-    at, days = estimate_completion(
-        total / len(neurons),
-        len(neurons),
-        sum(seconds) / len(seconds),
-        rooms,
-        settings,
-        clock.now(),
-    )
-    return {
-        "object": "batch.estimate",
-        "endpoint": endpoint,
-        "lines": len(neurons),
-        "estimated_neurons": round(total, 2),
-        "estimated_completion_at": None if at is None else int(at),
-        "estimated_days": days,
-    }
 
 
 def unsupported_endpoint(endpoint: Any) -> ApiError:

@@ -11,15 +11,20 @@ temporary file and `os.replace`, so a reader never sees half a blob, even after 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import time
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from flux_proxy.clock import Clock
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_TEMP_PREFIX = ".tmp-"  # never a blob's name: `_path` refuses keys that start with "."
+STALE_TEMP_SECONDS = 86400.0  # far longer than any upload or write takes
 
 
 class DiskBlobs:
@@ -42,6 +47,20 @@ class DiskBlobs:
         _replace(path, data)
         _replace(path.with_name(path.name + ".meta"), json.dumps(meta).encode())
 
+    def spool_path(self) -> Path:
+        """A fresh temporary name beside the blobs, for an upload streaming in: keeping it is
+        then a rename (`adopt`), and `sweep` removes one a crash left behind."""
+        return self.root / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+
+    async def adopt(self, key: str, spooled: Path, content_type: str, ttl: float) -> None:
+        """Make the (already synced) file `spooled` the blob `key`, by renaming it."""
+        meta = {"content_type": content_type, "expires_at": self._clock.now() + ttl}
+        await asyncio.to_thread(self._adopt, self._path(key), spooled, meta)
+
+    def _adopt(self, path: Path, spooled: Path, meta: dict) -> None:
+        os.replace(spooled, path)
+        _replace(path.with_name(path.name + ".meta"), json.dumps(meta).encode())
+
     async def get_blob(self, key: str) -> tuple[bytes, str] | None:
         """The blob and its content type, or None when missing or expired."""
         try:
@@ -56,6 +75,24 @@ class DiskBlobs:
             if meta["expires_at"] <= now:
                 return None
             return path.read_bytes(), meta["content_type"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    async def open_blob(self, key: str) -> tuple[BinaryIO, str] | None:
+        """The blob opened for reading (the caller closes it) and its content type, or None
+        when missing or expired. An open file reads on even if the blob is deleted now."""
+        try:
+            path = self._path(key)
+        except ValueError:
+            return None
+        return await asyncio.to_thread(self._open, path, self._clock.now())
+
+    def _open(self, path: Path, now: float) -> tuple[BinaryIO, str] | None:
+        try:
+            meta = json.loads(path.with_name(path.name + ".meta").read_bytes())
+            if meta["expires_at"] <= now:
+                return None
+            return path.open("rb"), meta["content_type"]
         except (FileNotFoundError, ValueError, KeyError):
             return None
 
@@ -79,16 +116,28 @@ class DiskBlobs:
             if expires_at <= now:
                 _unlink_pair(meta_path.with_name(meta_path.name.removesuffix(".meta")))
                 removed += 1
+        for temp in self.root.glob(f"{_TEMP_PREFIX}*"):
+            # Left by a process killed mid-write or mid-upload (the clock is wall time here).
+            with contextlib.suppress(FileNotFoundError):
+                if temp.stat().st_mtime < time.time() - STALE_TEMP_SECONDS:
+                    temp.unlink()
         return removed
 
 
 def _replace(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".tmp-{uuid.uuid4().hex}")
+    temp = path.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
     with temp.open("wb") as out:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
     os.replace(temp, path)
+
+
+def discard(path: Path) -> None:
+    """Remove a spooled upload that is not kept. Synchronous on purpose: it must also run
+    while its task is being cancelled (a client gone mid-upload), and an unlink is quick."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _unlink_pair(path: Path) -> None:

@@ -5,16 +5,20 @@ of the batch that wrote it); anyone else is told it does not exist.
 
 from __future__ import annotations
 
+import asyncio
+import codecs
 import itertools
 import secrets
-from typing import Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from flux_proxy.api.caller import Caller
 from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError, invalid, too_large
 from flux_proxy.job import sniff_mime
 from flux_proxy.settings import Settings
-from flux_proxy.work.file_blobs import DiskBlobs
+from flux_proxy.work.file_blobs import DiskBlobs, discard
 
 FILE_KIND = "file"
 # What a caller may upload here: batch inputs (JSONL) and reference images for batch lines.
@@ -41,6 +45,47 @@ def not_found(file_id: str) -> ApiError:
     return ApiError(404, f"No such File object: {file_id[:80]}", param="file_id", code="not_found")
 
 
+def check_purpose(purpose: str) -> None:
+    if purpose not in UPLOAD_PURPOSES:
+        raise invalid(
+            f"purpose {purpose[:40]!r} is not kept here; this proxy takes 'batch' (JSONL "
+            "batch inputs), 'vision' and 'user_data' (reference images for batch lines)",
+            param="purpose",
+        )
+
+
+def _content_type(purpose: str, head: bytes, is_utf8: Callable[[], bool]) -> str:
+    """What an upload of `purpose` must be: UTF-8 JSONL for batch inputs, else an image."""
+    if not head:
+        raise invalid("the file is empty", param="file")
+    if purpose == "batch":
+        if not is_utf8():
+            raise invalid("a batch file must be UTF-8 JSONL", param="file")
+        return "application/jsonl"
+    content_type = sniff_mime(head)
+    if not content_type.startswith("image/"):
+        raise invalid(f"a {purpose} file must be a PNG, JPEG or WebP image", param="file")
+    return content_type
+
+
+def _is_utf8(chunks: Iterable[bytes]) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for chunk in chunks:
+            decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _file_content_type(purpose: str, path: Path, size: int) -> str:
+    with path.open("rb") as data:
+        head = data.read(64) if size else b""
+        data.seek(0)
+        return _content_type(purpose, head, lambda: _is_utf8(iter(lambda: data.read(1 << 20), b"")))
+
+
 class FileStore:
     def __init__(self, store: Any, blobs: DiskBlobs, clock: Clock, settings: Settings) -> None:
         self._store = store
@@ -49,30 +94,30 @@ class FileStore:
         self._settings = settings
 
     async def upload(self, owner: str, filename: str, purpose: str, data: bytes) -> dict:
-        if purpose not in UPLOAD_PURPOSES:
-            raise invalid(
-                f"purpose {purpose[:40]!r} is not kept here; this proxy takes 'batch' (JSONL "
-                "batch inputs), 'vision' and 'user_data' (reference images for batch lines)",
-                param="purpose",
-            )
+        check_purpose(purpose)
         limit = self._settings.files_max_bytes
         if len(data) > limit:
             raise too_large(f"the file is {len(data)} bytes; the limit is {limit}", param="file")
-        if not data:
-            raise invalid("the file is empty", param="file")
-        if purpose == "batch":
-            content_type = "application/jsonl"
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise invalid("a batch file must be UTF-8 JSONL", param="file") from None
-        else:
-            content_type = sniff_mime(data)
-            if not content_type.startswith("image/"):
-                raise invalid(f"a {purpose} file must be a PNG, JPEG or WebP image", param="file")
+        content_type = _content_type(purpose, data[:64], lambda: _is_utf8([data]))
         return await self._put(
             owner, filename, purpose, data, content_type, self._settings.files_ttl_seconds
         )
+
+    async def upload_spooled(
+        self, owner: str, filename: str, purpose: str, spooled: Path, size: int
+    ) -> dict:
+        """An upload already streamed to disk beside the blobs (`api/upload_stream.py`, which
+        enforced the size limit): checked like `upload`, then kept by renaming it. `spooled`
+        is gone afterwards, kept or refused."""
+        try:
+            check_purpose(purpose)
+            content_type = await asyncio.to_thread(_file_content_type, purpose, spooled, size)
+            doc = self._doc(owner, filename, purpose, size, content_type, ttl=None)
+            await self.blobs.adopt(doc["id"], spooled, content_type, self._ttl(doc))
+        finally:
+            discard(spooled)  # kept by now (renamed away), or refused
+        await self._store.put_doc(FILE_KIND, doc["id"], doc)  # after its contents, as in _put
+        return doc
 
     async def put_output(
         self, file_id: str, owner: str, filename: str, data: bytes, ttl: float
@@ -94,12 +139,28 @@ class FileStore:
         *,
         file_id: str | None = None,
     ) -> dict:
+        doc = self._doc(owner, filename, purpose, len(data), content_type, ttl, file_id=file_id)
+        await self.blobs.put_blob(doc["id"], data, content_type, ttl)  # contents first: a
+        await self._store.put_doc(FILE_KIND, doc["id"], doc)  # listed file always has them
+        return doc
+
+    def _doc(
+        self,
+        owner: str,
+        filename: str,
+        purpose: str,
+        size: int,
+        content_type: str,
+        ttl: float | None,
+        *,
+        file_id: str | None = None,
+    ) -> dict:
         now = self._clock.now()
-        file_id = file_id or f"file-{secrets.token_hex(12)}"
-        doc = {
-            "id": file_id,
+        ttl = self._settings.files_ttl_seconds if ttl is None else ttl
+        return {
+            "id": file_id or f"file-{secrets.token_hex(12)}",
             "object": "file",
-            "bytes": len(data),
+            "bytes": size,
             "created_at": int(now),
             "filename": filename[:255] or "file",
             "purpose": purpose,
@@ -110,9 +171,9 @@ class FileStore:
             "content_type": content_type,
             "sort_key": sort_key(now),
         }
-        await self.blobs.put_blob(file_id, data, content_type, ttl)  # contents first: a
-        await self._store.put_doc(FILE_KIND, file_id, doc)  # listed file always has them
-        return doc
+
+    def _ttl(self, doc: dict) -> float:
+        return doc["expires_at"] - self._clock.now()
 
     async def get(self, file_id: str, caller: Caller) -> dict:
         doc = await self._store.get_doc(FILE_KIND, file_id)
@@ -123,6 +184,14 @@ class FileStore:
     async def content(self, file_id: str, caller: Caller) -> tuple[bytes, dict]:
         doc = await self.get(file_id, caller)
         found = await self.blobs.get_blob(file_id)
+        if found is None:
+            raise not_found(file_id)
+        return found[0], doc
+
+    async def open_content(self, file_id: str, caller: Caller) -> tuple[BinaryIO, dict]:
+        """The contents opened for streaming (the caller closes them): a file may be 200 MB."""
+        doc = await self.get(file_id, caller)
+        found = await self.blobs.open_blob(file_id)
         if found is None:
             raise not_found(file_id)
         return found[0], doc
