@@ -1,5 +1,7 @@
 """`list_models` and `account_status`: what the proxy serves and what its accounts have left,
-from the model table and the pool's snapshot (the same sources as `/v1/models` and `/health`).
+from the model table and the pool's snapshot (the same sources as `/v1/models` and `/health`),
+scoped to the caller the same way: a key limited to some models is shown those only, and only
+admin keys see the per-account detail (a user key gets the summary `/health` gives it).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from flux_proxy.clock import iso, next_utc_midnight
 from flux_proxy.mcp.context import ToolContext
 from flux_proxy.models import MODELS, ModelSpec, find_model
 from flux_proxy.pool import AccountPool
+
+STATES = ("available", "cooling", "parked", "disabled")
 
 # Workers AI's price beyond the free allocation (workers-ai.md).
 USD_PER_1000_NEURONS = 0.011
@@ -24,7 +28,9 @@ def models_listing(tc: ToolContext) -> dict[str, Any]:
             "neurons are Cloudflare's unit; every account gets 10,000 free a day (reset 00:00 "
             f"UTC), paid usage beyond that costs ${USD_PER_1000_NEURONS} per 1,000"
         ),
-        "models": [_model_entry(spec, spec is default) for spec in MODELS],
+        "models": [
+            _model_entry(spec, spec is default) for spec in MODELS if tc.caller.may_use(spec.id)
+        ],
     }
 
 
@@ -78,22 +84,26 @@ async def account_report(tc: ToolContext) -> dict[str, Any]:
             if returns
             else ("; every token was rejected")
         )
-    return {
+    report: dict[str, Any] = {
         "summary": summary,
         "usable_now": bool(usable),
         "next_reset": iso(next_utc_midnight(now)),
-        "accounts": [
-            {
-                "number": e["number"],
-                "account": e["account"],
-                "state": e["state"],
-                "until": e["until"],
-                "reason": e["reason"],
-                "neurons_used_today": e["neurons_used_today"],
-                "neurons_left_today": e["neurons_remaining_today"],
-                "daily_budget": e["daily_budget"],
-                "in_flight": e["in_flight"],
-            }
-            for e in entries
-        ],
+        "counts": {state: sum(e["state"] == state for e in entries) for state in STATES},
     }
+    if not tc.caller.is_admin:
+        return report  # as `/health` without an admin key: no account ids, masked or not
+    report["accounts"] = [
+        {
+            "number": e["number"],
+            "account": e["account"],
+            "state": e["state"],
+            "until": e["until"],
+            "reason": e["reason"],
+            "neurons_used_today": e["neurons_used_today"],
+            "neurons_left_today": e["neurons_remaining_today"],
+            "daily_budget": e["daily_budget"],
+            "in_flight": e["in_flight"],
+        }
+        for e in entries
+    ]
+    return report

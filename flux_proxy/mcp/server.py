@@ -219,16 +219,17 @@ def build_mcp_server(settings: Settings, resolve: Resolve, *, local_files: bool)
             _tool(
                 list_models,
                 "List image models",
-                "The image models this proxy serves: ids, what each takes (sizes, steps, seed, "
-                "reference images, mask) and its price in neurons per 1024x1024 image.",
+                "The image models this proxy serves to this key: ids, what each takes (sizes, "
+                "steps, seed, reference images, mask) and its price in neurons per 1024x1024 "
+                "image.",
                 read_only,
             ),
             _tool(
                 account_status,
                 "Account status",
-                "Each Cloudflare account's state (available, cooling, parked until the daily "
-                "reset, disabled), neurons used and left today, and when budgets reset "
-                "(00:00 UTC).",
+                "How many Cloudflare accounts are available, cooling, parked until the daily "
+                "reset or disabled, neurons left today, and when budgets reset (00:00 UTC); "
+                "for admin keys also each account's state and neurons used and left.",
                 read_only,
             ),
             _tool(

@@ -1,0 +1,52 @@
+"""Named user keys through the entry points beside the images routes: MCP over `/mcp` and
+async jobs. A user key sees over MCP what `/health` shows it (no per-account detail) and only
+the models it may use; a job it may not run is refused when it is submitted, not after a 202.
+Real uvicorn, the MCP SDK and the openai SDK, the emulator over HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from mcp_helpers import http_mcp
+from test_keys import ALICE, CAROL, ROOT, TEAM, bearer, keys_toml
+
+SMALL = {"model": "flux-2-klein-4b", "size": "256x256"}
+ASYNC = {"Prefer": "respond-async"}
+
+
+@pytest.fixture
+def team_proxy(make_proxy, tmp_path):
+    """alice and bob: users with 2 images a day; carol: flux-1-schnell only; root: admin."""
+    path = tmp_path / "keys.toml"
+    path.write_text(keys_toml(*TEAM))
+    return make_proxy(api_keys_file=path)
+
+
+async def test_mcp_account_status_gives_a_user_key_the_summary_and_an_admin_the_accounts(
+    team_proxy, emulator
+):
+    async with http_mcp(team_proxy.url + "/mcp", ALICE) as client:
+        user = (await client.call_tool("account_status", {})).structured_content
+    async with http_mcp(team_proxy.url + "/mcp", ROOT) as client:
+        admin = (await client.call_tool("account_status", {})).structured_content
+    ids = [emulator.account_id(n) for n in (1, 2, 3)]
+    assert [entry["number"] for entry in admin["accounts"]] == [1, 2, 3]
+    assert "accounts" not in user
+    assert user["counts"] == {"available": 3, "cooling": 0, "parked": 0, "disabled": 0}
+    assert user["usable_now"] is True and user["next_reset"] == admin["next_reset"]
+    shown = str(user)
+    for account_id in ids:  # not even masked: no "demo…0001"
+        assert account_id not in shown and account_id[-4:] not in shown
+
+
+async def test_mcp_list_models_shows_a_key_only_the_models_it_may_use(team_proxy):
+    async with http_mcp(team_proxy.url + "/mcp", CAROL) as client:
+        limited = (await client.call_tool("list_models", {})).structured_content
+    async with http_mcp(team_proxy.url + "/mcp", ALICE) as client:
+        everything = (await client.call_tool("list_models", {})).structured_content
+    async with httpx.AsyncClient() as http:
+        listed = await http.get(team_proxy.base_url + "/models", headers=bearer(CAROL))
+    http_ids = [m["id"] for m in listed.json()["data"]]
+    assert [m["id"] for m in limited["models"]] == http_ids
+    assert [m["short_name"] for m in limited["models"]] == ["flux-1-schnell"]
+    assert len(everything["models"]) > 1
