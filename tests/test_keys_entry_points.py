@@ -5,6 +5,8 @@ Real uvicorn, the MCP SDK and the openai SDK, the emulator over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from mcp_helpers import http_mcp
@@ -50,3 +52,50 @@ async def test_mcp_list_models_shows_a_key_only_the_models_it_may_use(team_proxy
     assert [m["id"] for m in limited["models"]] == http_ids
     assert [m["short_name"] for m in limited["models"]] == ["flux-1-schnell"]
     assert len(everything["models"]) > 1
+
+
+async def test_an_async_job_the_key_cannot_run_is_refused_at_submit_not_after_a_202(
+    team_proxy, emulator
+):
+    async with httpx.AsyncClient(base_url=team_proxy.base_url, timeout=30) as http:
+        for number in range(2):  # alice's two images of the day
+            made = await http.post(
+                "/images/generations",
+                json={"prompt": f"a kite {number}", **SMALL},
+                headers={**bearer(ALICE), "Idempotency-Key": f"kite-{number}"},
+            )
+            assert made.status_code == 200, made.text
+        calls = len(emulator.calls())
+        over = await http.post(
+            "/images/generations",
+            json={"prompt": "one more kite", **SMALL},
+            headers={**bearer(ALICE), **ASYNC},
+        )
+        other_model = await http.post(
+            "/images/generations",
+            json={"prompt": "a kite", **SMALL},  # carol may use flux-1-schnell only
+            headers={**bearer(CAROL), **ASYNC},
+        )
+    assert over.status_code == 429, over.text
+    assert over.json()["error"]["code"] == "key_quota_exceeded"
+    assert over.headers["x-should-retry"] == "false" and int(over.headers["retry-after"]) >= 1
+    assert "location" not in over.headers
+    assert other_model.status_code == 403, other_model.text
+    assert other_model.json()["error"]["code"] == "model_not_allowed"
+    assert len(emulator.calls()) == calls
+
+    # A repeat of a request already made is a replay that costs nothing: still accepted.
+    async with httpx.AsyncClient(base_url=team_proxy.base_url, timeout=30) as http:
+        again = await http.post(
+            "/images/generations",
+            json={"prompt": "a kite 1", **SMALL},
+            headers={**bearer(ALICE), **ASYNC, "Idempotency-Key": "kite-1"},
+        )
+        assert again.status_code == 202, again.text
+        for _ in range(100):
+            job = await http.get(f"/images/jobs/{again.json()['id']}", headers=bearer(ALICE))
+            if job.json()["status"] not in ("queued", "in_progress"):
+                break
+            await asyncio.sleep(0.1)
+    assert job.json()["status"] == "completed", job.text
+    assert len(emulator.calls()) == calls
