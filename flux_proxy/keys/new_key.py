@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not NAME.match(name) or RESERVED_NAME.match(name):
         print(
             f"flux-proxy keys new: {name!r} cannot be a key's name: use 1-64 letters, digits, "
-            "'.', '_' or '-' (not master, master-N or anonymous)",
+            "'.', '_' or '-' (not master, master-N, anonymous or mcp-stdio)",
             file=sys.stderr,
         )
         return 2
