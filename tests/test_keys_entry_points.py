@@ -1,14 +1,16 @@
-"""Named user keys through the entry points beside the images routes: MCP over `/mcp` and
-async jobs. A user key sees over MCP what `/health` shows it (no per-account detail) and only
-the models it may use; a job it may not run is refused when it is submitted, not after a 202.
-Real uvicorn, the MCP SDK and the openai SDK, the emulator over HTTP."""
+"""Named user keys through the entry points beside the images routes: MCP over `/mcp`, async
+jobs and batches. A user key sees over MCP what `/health` shows it (no per-account detail) and
+only the models it may use; a job or batch it may not run is refused when it is submitted, not
+after a 202 or line by line. Real uvicorn, the MCP SDK and the openai SDK, the emulator."""
 
 from __future__ import annotations
 
 import asyncio
 
 import httpx
+import openai
 import pytest
+from batch_helpers import generation_lines, jsonl
 from mcp_helpers import http_mcp
 from test_keys import ALICE, CAROL, ROOT, TEAM, bearer, keys_toml
 
@@ -99,3 +101,23 @@ async def test_an_async_job_the_key_cannot_run_is_refused_at_submit_not_after_a_
             await asyncio.sleep(0.1)
     assert job.json()["status"] == "completed", job.text
     assert len(emulator.calls()) == calls
+
+
+async def test_a_batch_of_a_model_outside_the_keys_models_fails_validation_and_runs_nothing(
+    team_proxy, emulator
+):
+    lines = generation_lines(2, model="flux-2-klein-4b")  # carol may use flux-1-schnell only
+    async with openai.AsyncOpenAI(
+        base_url=team_proxy.base_url, api_key=CAROL, max_retries=0
+    ) as carol:
+        uploaded = await carol.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = await carol.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="24h"
+        )
+    assert batch.status == "failed"
+    assert [(e.line, e.code, e.param) for e in batch.errors.data] == [
+        (1, "model_not_allowed", "model"),
+        (2, "model_not_allowed", "model"),
+    ]
+    assert "flux-2-klein-4b" in batch.errors.data[0].message
+    assert emulator.calls() == []

@@ -31,6 +31,18 @@ from flux_proxy.settings import Settings
 from flux_proxy.store.base import KeyReservation, StateStore, UsageRow
 
 
+def model_not_allowed(caller: Caller, model: ModelSpec) -> ApiError:
+    """The 403 for a model outside the key's `models` (live requests, and batch lines when
+    the batch is validated)."""
+    return ApiError(
+        403,
+        f"this API key ({caller.name}) may not use the model {model.short_name!r} "
+        f"({model.id}); ask an admin to add it to the key's `models`",
+        param="model",
+        code="model_not_allowed",
+    )
+
+
 class KeyQuota:
     def __init__(
         self,
@@ -104,13 +116,7 @@ class KeyQuota:
     def _check_model(self, caller: Caller, model: ModelSpec) -> None:
         if not caller.may_use(model.id):
             self._refused(caller, "model")
-            raise ApiError(
-                403,
-                f"this API key ({caller.name}) may not use the model {model.short_name!r} "
-                f"({model.id}); ask an admin to add it to the key's `models`",
-                param="model",
-                code="model_not_allowed",
-            )
+            raise model_not_allowed(caller, model)
 
     async def reserve_images(
         self, caller: Caller, model: ModelSpec, images: int, per_image: float

@@ -23,6 +23,7 @@ from flux_proxy.api.caller import Caller
 from flux_proxy.api.parse import ImageRequest, build_image_request
 from flux_proxy.clock import Clock, next_utc_midnight, utc_day
 from flux_proxy.errors import ApiError, invalid
+from flux_proxy.keys.quota import model_not_allowed
 from flux_proxy.models import find_model
 from flux_proxy.pool import account_key, token_key
 from flux_proxy.settings import Settings
@@ -171,7 +172,10 @@ async def _check_line(
         raise invalid("method must be 'POST'", param="method")
     if line.get("url") != endpoint:
         raise invalid(f"url must be the batch's endpoint, {endpoint}", param="url")
-    return await line_request(line.get("body"), settings, edit=edit, files=files, owner=owner)
+    request = await line_request(line.get("body"), settings, edit=edit, files=files, owner=owner)
+    if not owner.may_use(request.job.model.id):  # refused now, not one line at a time later
+        raise model_not_allowed(owner, request.job.model)
+    return request
 
 
 def _error(line: int | None, code: str, message: str, param: str | None) -> dict:
