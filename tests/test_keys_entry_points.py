@@ -121,3 +121,46 @@ async def test_a_batch_of_a_model_outside_the_keys_models_fails_validation_and_r
     ]
     assert "flux-2-klein-4b" in batch.errors.data[0].message
     assert emulator.calls() == []
+
+
+async def test_a_cache_hit_reports_no_neurons_spent_in_answers_streams_and_batches(
+    team_proxy, emulator
+):
+    seeded = {"prompt": "a seeded lighthouse", **SMALL}
+    seed = {"seed": 4242}
+    async with openai.AsyncOpenAI(
+        base_url=team_proxy.base_url, api_key=ROOT, max_retries=0
+    ) as root:
+        first = await root.images.with_raw_response.generate(**seeded, extra_body=seed)
+        again = await root.images.with_raw_response.generate(**seeded, extra_body=seed)
+        stream = await root.images.generate(**seeded, extra_body=seed, stream=True)
+        events = [event async for event in stream]
+        line = {"method": "POST", "url": "/v1/images/generations", "body": seeded | seed}
+        lines = [{"custom_id": f"l{i}", **line} for i in range(3)]
+        uploaded = await root.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = await root.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="24h"
+        )
+        for _ in range(300):
+            batch = await root.batches.retrieve(batch.id)
+            if batch.status not in ("validating", "in_progress", "finalizing"):
+                break
+            await asyncio.sleep(0.1)
+    (call,) = emulator.calls()  # one image made; everything after came from the cache
+    async with httpx.AsyncClient() as http:
+        spent = (await http.get(f"{emulator.root}/__emulator/usage")).json()["accounts"]
+    billed = spent[call["account"]]["neurons_used"]
+    assert billed > 0
+    assert first.headers["x-flux-cache"] == "miss"
+    assert first.parse().usage.model_extra["neurons"] == pytest.approx(billed, abs=0.01)
+    assert again.headers["x-flux-cache"] == "hit"
+    assert again.parse().usage.model_extra["neurons"] == 0
+    assert [e.usage.model_extra["neurons"] for e in events] == [0]
+    assert batch.status == "completed" and batch.model_extra["neurons_used"] == 0
+    async with httpx.AsyncClient() as http:
+        usage = await http.get(
+            team_proxy.base_url + "/usage", params={"group_by": "key"}, headers=bearer(ROOT)
+        )
+    (row,) = usage.json()["data"]
+    assert (row["images"], row["cache_hits"]) == (1, 5)
+    assert row["neurons"] == pytest.approx(billed, abs=0.01)

@@ -22,6 +22,12 @@ class OutputImage:
     width: int | None  # None: the model's own size was not asked for nor measured
     height: int | None
     seed: int | None
+    cached: bool = False  # from the seeded cache: nothing was billed for it this time
+
+    @property
+    def billed_neurons(self) -> float | None:
+        """What this image cost upstream for this answer (None: the upstream did not say)."""
+        return 0.0 if self.cached else self.image.neurons
 
     @property
     def output_format(self) -> str:

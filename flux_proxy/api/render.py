@@ -85,7 +85,8 @@ def _is_trusted(request: Request, trusted: list[str]) -> bool:
 
 def usage(neurons: list[float]) -> dict:
     """OpenAI's usage shape (no tokens are counted here, so those are 0) plus the neurons the
-    upstream billed (`cf-ai-neurons`), which is what a Workers AI image really costs."""
+    upstream billed (`cf-ai-neurons`), which is what a Workers AI image really costs; an
+    image from the seeded cache cost nothing this time."""
     return {
         "input_tokens": 0,
         "output_tokens": 0,
@@ -136,7 +137,7 @@ async def images_body(
     ]
     seeds = [output.seed for _, output in outcome.images]
     first = outcome.images[0][1]
-    neurons = [o.image.neurons for _, o in outcome.images if o.image.neurons is not None]
+    neurons = [o.billed_neurons for _, o in outcome.images if o.billed_neurons is not None]
     body: dict = {
         "created": created,
         "id": result_id or f"img_{secrets.token_hex(16)}",
@@ -170,7 +171,7 @@ def stream_event(
 ) -> dict:
     """One `image_generation.completed` / `image_edit.completed` event, as OpenAI streams it,
     plus the proxy's own fields (`index`, `seed`, `model`, `account_used`)."""
-    neurons = [output.image.neurons] if output.image.neurons is not None else []
+    neurons = [output.billed_neurons] if output.billed_neurons is not None else []
     event: dict = {
         "type": "image_edit.completed" if edit else "image_generation.completed",
         "b64_json": output.image.b64,

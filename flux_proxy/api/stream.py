@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import orjson
 from starlette.responses import StreamingResponse
@@ -102,7 +103,9 @@ async def image_events(
                     yield KEEPALIVE
                 continue
             image = ready.get_nowait()
-            output = await finish(image.image, image_request, image.seed)
+            output = replace(
+                await finish(image.image, image_request, image.seed), cached=image.cached
+            )
             url = None
             if image_request.response_format == "url":
                 url = await store_image(output, services.images, base_url)
