@@ -119,6 +119,41 @@ def test_a_user_key_sees_its_own_quota_and_days_and_no_account_detail(page, team
     expect(page.locator("#status")).to_contain_text("3 available")
 
 
+def _overlaps(a: dict, b: dict) -> bool:
+    return (
+        a["x"] < b["x"] + b["width"]
+        and b["x"] < a["x"] + a["width"]
+        and a["y"] < b["y"] + b["height"]
+        and b["y"] < a["y"] + a["height"]
+    )
+
+
+def test_chart_axes_count_in_whole_numbers_and_no_bar_covers_their_labels(
+    browser, team_proxy, emulator
+):
+    proxy = team_proxy
+    make_images(proxy, ALICE_KEY, 3)  # a top of 5 would put a grid line at 2.5 images
+    first_day = datetime.date.fromisoformat(today(proxy)) - datetime.timedelta(days=13)
+    earlier = UsageRow(first_day.isoformat(), "alice", "1", "flux-2-dev", images=3, requests=3)
+    with ThreadPoolExecutor(1) as thread:  # a bar in the first column, under the labels' place
+        thread.submit(asyncio.run, proxy.store.record_usage([earlier], keep_days=90)).result()
+    for width in (1280, 390):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        page = context.new_page()
+        open_view(page, proxy.url, ALICE_KEY, "usage")
+        chart = page.locator("#usage-mine")
+        expect(chart.locator("rect.bar")).to_have_count(2)
+        labels = chart.locator("svg text:not(.chart-tick)")  # the y axis's
+        expect(labels).not_to_have_count(0)
+        levels = sorted(int(text) for text in labels.all_text_contents() if text != "0")
+        assert len(levels) == 2 and levels[0] * 2 == levels[1] >= 3  # whole counts, no 2.5
+        bars = [bar.bounding_box() for bar in chart.locator("rect.bar").all()]
+        for label in labels.all():
+            box = label.bounding_box()
+            assert not any(_overlaps(box, bar) for bar in bars), (width, label.text_content())
+        context.close()
+
+
 def test_views_fit_a_phone_and_screenshots_of_batches_and_usage(
     page, make_proxy, tmp_path, emulator
 ):

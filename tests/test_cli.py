@@ -221,3 +221,14 @@ def test_emulator_with_workers_exits_2_with_a_clear_message(tmp_path):
     assert result.returncode == 2
     assert "--emulator" in result.stderr and "--workers" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_keys_new_refuses_a_block_the_proxy_would_refuse_before_showing_a_key(tmp_path):
+    env = clean_env(MODEL_ALIASES='{"house": "flux-1-schnell"}')
+    refused = flux_proxy("keys", "new", "zed", "--model", "flux-9-ultra", cwd=tmp_path, env=env)
+    assert refused.returncode == 2
+    assert "flux-9-ultra" in refused.stderr and "fpx-" not in refused.stdout + refused.stderr
+    # An alias the proxy knows (MODEL_ALIASES) is a model like any other.
+    made = flux_proxy("keys", "new", "zed", "--model", "house", cwd=tmp_path, env=env)
+    assert made.returncode == 0, made.stderr
+    assert 'models = ["house"]' in made.stdout and "fpx-" in made.stdout

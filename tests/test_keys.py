@@ -266,6 +266,8 @@ def test_usage_rows_group_by_several_dimensions_and_a_user_key_sees_only_its_own
     [
         ({"start": "yesterday"}, "start"),
         ({"end": "2026-13-01"}, "end"),
+        ({"start": "20260201"}, "start"),  # ISO 8601, but not the YYYY-MM-DD asked for
+        ({"end": "2026-W05-1"}, "end"),
         ({"start": "2026-02-02", "end": "2026-02-01"}, "start"),
         ({"group_by": "colour"}, "group_by"),
         ({"group_by": "day,day"}, "group_by"),

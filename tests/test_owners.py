@@ -101,3 +101,31 @@ def test_batch_lines_count_against_their_keys_quota_and_usage(team, emulator):
     done = wait_for(alice, batch.id, ("completed", "failed", "expired"))
     assert done.status == "completed" and done.request_counts.completed == 3
     assert len(emulator.calls()) == 3
+
+
+def test_a_removed_keys_batch_is_not_made_without_its_limits(team, emulator, tmp_path):
+    alice = sdk(team, ALICE)
+    for number in range(2):  # her two images of the day: her batch rests until tomorrow
+        alice.images.generate(prompt=f"a kite {number}", model="flux-1-schnell")
+    uploaded = alice.files.create(file=("in.jsonl", jsonl(generation_lines(3))), purpose="batch")
+    batch = alice.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="48h"
+    )
+    # The admin takes alice's key out of the file; the proxy picks that up without a restart.
+    (tmp_path / "keys.toml").write_text(
+        keys_toml(
+            {"name": "bob", "key_sha256": sha(BOB), "role": "user"},
+            {"name": "root", "key_sha256": sha(ROOT), "role": "admin"},
+        )
+    )
+    deadline = time.monotonic() + 30
+    while get(team, "/v1/models", ALICE).status_code != 401:
+        assert time.monotonic() < deadline, "the keys file was not reloaded"
+        time.sleep(0.2)
+
+    team.clock.advance(86_400)  # a new day: her quota would have room again
+    done = wait_for(sdk(team, ROOT), batch.id, ("completed", "failed", "expired"))
+    assert done.request_counts.failed == 3 and done.request_counts.completed == 0
+    assert len(emulator.calls()) == 2  # nothing made for a key that no longer exists
+    errors = get(team, f"/v1/files/{done.error_file_id}/content", ROOT).text
+    assert "alice" in errors and "key_removed" in errors

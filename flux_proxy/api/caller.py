@@ -42,6 +42,10 @@ class Caller:
 
 # Requests to routes without a key check (or with --no-auth) act as this one admin.
 ANONYMOUS = Caller(name="anonymous", role="admin")
+# `flux-proxy mcp` over stdio: whoever started the process; no key is presented.
+MCP_STDIO = Caller(name="mcp-stdio", role="admin")
+# Callers that no key stands for (names a keys file may not use).
+KEYLESS = {caller.name: caller for caller in (ANONYMOUS, MCP_STDIO)}
 
 
 def master_key_name(index: int, count: int) -> str:

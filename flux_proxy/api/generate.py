@@ -6,6 +6,7 @@ and re-exports `failure_of` (the work layer's: how an image's failure may be sho
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from flux_proxy.api.output import finish
 from flux_proxy.api.parse import ImageRequest
@@ -29,5 +30,8 @@ async def finish_all(result: WorkResult, image_request: ImageRequest) -> Outcome
                 for made in result.images
             )
         )
-    images = [(made.index, output) for made, output in zip(result.images, finished, strict=True)]
+    images = [
+        (made.index, replace(output, cached=made.cached))
+        for made, output in zip(result.images, finished, strict=True)
+    ]
     return Outcome(images, list(result.errors))

@@ -84,6 +84,12 @@ async def submit_image_job(
             param="stream",
             code="unsupported_parameter",
         )
+    # The key's model list and quota, checked while a 403 or 429 can still be the answer
+    # (as for a stream); the worker holds the quota itself when it makes the image. A repeat
+    # (Idempotency-Key, SDK retry) may be a replay that costs nothing: its worker decides.
+    repeat = options.get("idempotency_key") or options.get("sdk_retry")
+    if svc.quota is not None and not repeat:
+        await svc.quota.check(caller_of(request.scope), image_request)
     needs_base = image_request.response_format != "b64_json"  # URL entries are absolute
     base_url = base_url_for(request, svc.settings) if needs_base else ""
     job = await svc.jobs.submit(

@@ -10,6 +10,7 @@ happened (charts fill missing days with zero). `images` are images made upstream
 from __future__ import annotations
 
 import datetime
+import re
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,6 +25,7 @@ from flux_proxy.store.base import USAGE_COUNTERS, UsageRow
 
 DIMENSIONS = ("key", "account", "model", "day")
 DEFAULT_DAYS = 14
+DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
 def _date(request: Request, name: str, default: datetime.date) -> datetime.date:
@@ -31,6 +33,8 @@ def _date(request: Request, name: str, default: datetime.date) -> datetime.date:
     if text is None or text == "":
         return default
     try:
+        if not DATE.match(text):  # fromisoformat also takes 20261203 and 2026-W49-4
+            raise ValueError(text)
         return datetime.date.fromisoformat(text)
     except ValueError:
         raise invalid(f"`{name}` must be a date as YYYY-MM-DD", param=name) from None

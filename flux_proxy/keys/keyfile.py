@@ -29,7 +29,7 @@ from flux_proxy.settings import Settings
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
-RESERVED_NAME = re.compile(r"^(master(-\d+)?|anonymous)$")
+RESERVED_NAME = re.compile(r"^(master(-\d+)?|anonymous|mcp-stdio)$")
 FIELDS = {"name", "key_sha256", "key", "role", "daily_images", "daily_neurons", "models"}
 
 
@@ -88,7 +88,9 @@ def _entry(table: dict[str, Any], index: int, settings: Settings, where: str) ->
             "letter or digit"
         )
     if RESERVED_NAME.match(name):
-        raise KeysFileError(f"{label}: the name {name!r} is reserved for API_MASTER_KEY keys")
+        raise KeysFileError(
+            f"{label}: the name {name!r} is reserved (API_MASTER_KEY keys, --no-auth, MCP stdio)"
+        )
     digest, plain = _digest(table, label)
     role = table.get("role", "user")
     if role not in ("admin", "user"):

@@ -1,6 +1,8 @@
 """`flux-proxy keys new NAME [--role user] [--daily-images N] [--daily-neurons N]
 [--model M ...]`: a fresh random key, printed once, and the `[[keys]]` block to paste into
-API_KEYS_FILE, which holds only the key's SHA-256."""
+API_KEYS_FILE, which holds only the key's SHA-256. The block is read back as the proxy will
+read it (with this environment's MODEL_ALIASES) before anything is shown, so a model name the
+proxy would refuse is an error here, not a keys file that no longer loads."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import hashlib
 import json
 import secrets
 import sys
+import tomllib
 
-from flux_proxy.keys.keyfile import NAME, RESERVED_NAME
+from flux_proxy.keys.keyfile import NAME, RESERVED_NAME, KeysFileError, parse_keys
+from flux_proxy.settings import load_settings
 
 KEY_PREFIX = "fpx-"  # recognisable in a leaked-secret scan
 
@@ -55,15 +59,21 @@ def run(args: argparse.Namespace) -> int:
     if not NAME.match(name) or RESERVED_NAME.match(name):
         print(
             f"flux-proxy keys new: {name!r} cannot be a key's name: use 1-64 letters, digits, "
-            "'.', '_' or '-' (not master, master-N or anonymous)",
+            "'.', '_' or '-' (not master, master-N, anonymous or mcp-stdio)",
             file=sys.stderr,
         )
         return 2
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     digest = hashlib.sha256(key.encode()).hexdigest()
+    block = toml_block(name, digest, args)
+    try:
+        parse_keys(tomllib.loads(block), load_settings(), where="the new key")
+    except KeysFileError as error:
+        print(f"flux-proxy keys new: {error}", file=sys.stderr)
+        return 2
     print(f"# The key for {name!r}, shown this once (only its hash is kept):")
     print(key)
     print()
     print("# Add this to API_KEYS_FILE; the proxy picks it up without a restart:")
-    print(toml_block(name, digest, args))
+    print(block)
     return 0

@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from flux_proxy.api.caller import ANONYMOUS, Caller
+from flux_proxy.api.caller import KEYLESS, Caller
 from flux_proxy.clock import Clock, iso, next_utc_midnight, utc_day
 from flux_proxy.errors import ApiError
 from flux_proxy.job import GeneratedImage, ImageJob
@@ -35,6 +35,18 @@ _UNHELD = itertools.count(1)  # ids of the holds of keys without limits
 
 def model_not_allowed(caller: Caller, model: ModelSpec) -> ApiError:
     """The 403 for a model outside the key's `models` (also a batch line's, up front)."""
+    return ApiError(
+        403,
+        f"this API key ({caller.name}) may not use the model {model.short_name!r} "
+        f"({model.id}); ask an admin to add it to the key's `models`",
+        param="model",
+        code="model_not_allowed",
+    )
+
+
+def model_not_allowed(caller: Caller, model: ModelSpec) -> ApiError:
+    """The 403 for a model outside the key's `models` (live requests, and batch lines when
+    the batch is validated)."""
     return ApiError(
         403,
         f"this API key ({caller.name}) may not use the model {model.short_name!r} "
@@ -61,12 +73,27 @@ class KeyQuota:
         self.keys = keys
 
     def caller(self, caller: Caller | str) -> Caller:
-        """A `Caller` from itself or its name (entry points other than HTTP carry names)."""
+        """A `Caller` from itself or its name (jobs and batch lines carry their owner's name,
+        and run with the owner's key as loaded now). Work whose key has been removed since
+        is refused: without its key it would have no limits at all."""
         if isinstance(caller, Caller):
             return caller
-        found = self.keys.caller_named(caller) if self.keys is not None else None
-        # A name no key has now (anonymous with --no-auth, a key removed since): no limits.
-        return found or Caller(caller, "admin" if caller == ANONYMOUS.name else "user")
+        if caller in KEYLESS:
+            return KEYLESS[caller]
+        if self.keys is None or self.settings.no_auth:  # no key is checked: none can be gone
+            return Caller(caller, "user")
+        # The file may have changed since the last poll (another replica took the new key).
+        found = self.keys.caller_named(caller)
+        if found is None and self.keys.reload_if_changed():
+            found = self.keys.caller_named(caller)
+        if found is None:
+            raise ApiError(
+                403,
+                f"the API key {caller!r} that this work belongs to is no longer in "
+                "API_KEYS_FILE or API_MASTER_KEY, so nothing more is made for it",
+                code="key_removed",
+            )
+        return found
 
     @property
     def keep_days(self) -> int:

@@ -1,5 +1,7 @@
 """`list_models` and `account_status`: what the proxy serves and what its accounts have left,
-from the model table and the pool's snapshot (the same sources as `/v1/models` and `/health`).
+from the model table and the pool's snapshot (the same sources as `/v1/models` and `/health`),
+scoped to the caller the same way: a key limited to some models is shown those only, and only
+admin keys see the per-account detail (a user key gets the summary `/health` gives it).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from flux_proxy.clock import iso, next_utc_midnight
 from flux_proxy.mcp.context import ToolContext
 from flux_proxy.models import MODELS, ModelSpec, find_model
 from flux_proxy.pool import AccountPool
+
+STATES = ("available", "cooling", "parked", "disabled")
 
 # Workers AI's price beyond the free allocation (workers-ai.md).
 USD_PER_1000_NEURONS = 0.011
@@ -25,7 +29,9 @@ def models_listing(tc: ToolContext) -> dict[str, Any]:
             "neurons are Cloudflare's unit; every account gets 10,000 free a day (reset 00:00 "
             f"UTC), paid usage beyond that costs ${USD_PER_1000_NEURONS} per 1,000"
         ),
-        "models": [_model_entry(spec, spec is default) for spec in MODELS],
+        "models": [
+            _model_entry(spec, spec is default) for spec in MODELS if tc.caller.may_use(spec.id)
+        ],
     }
 
 
@@ -84,10 +90,10 @@ async def account_report(tc: ToolContext) -> dict[str, Any]:
         "usable_now": bool(usable),
         "next_reset": iso(next_utc_midnight(now)),
     }
+    summary_only = health_summary(entries, now)
+    report["counts"] = summary_only["counts"]  # accounts per state, for every key
     if not tc.caller.is_admin:
         # As /health: per-account detail (masked ids, reasons, budgets) is for admin keys.
-        summary_only = health_summary(entries, now)
-        report["counts"] = summary_only["counts"]
         report["neurons_remaining_today"] = summary_only["neurons_remaining_today"]
         return report
     return {

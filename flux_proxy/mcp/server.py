@@ -233,8 +233,9 @@ def build_mcp_server(settings: Settings, resolve: Resolve, *, local_files: bool)
             _tool(
                 list_models,
                 "List image models",
-                "The image models this proxy serves: ids, what each takes (sizes, steps, seed, "
-                "reference images, mask) and its price in neurons per 1024x1024 image.",
+                "The image models this proxy serves to this key: ids, what each takes (sizes, "
+                "steps, seed, reference images, mask) and its price in neurons per 1024x1024 "
+                "image.",
                 read_only,
             ),
             _tool(

@@ -56,13 +56,13 @@ async def _serve(settings, emulator: bool) -> None:
 
     from mcp.server.mcpserver import Context
 
-    from flux_proxy.api.caller import Caller
+    from flux_proxy.api.caller import MCP_STDIO
     from flux_proxy.app import create_app
     from flux_proxy.mcp.context import ToolContext
     from flux_proxy.mcp.server import build_mcp_server
 
     # Whoever started the process owns what its calls make; no key is presented over stdio.
-    caller = Caller(name="mcp-stdio", role="admin")
+    caller = MCP_STDIO
     app = create_app(settings, embedded_emulator=emulator, mcp_http=False)
     async with app.router.lifespan_context(app):
         services = app.state.services

@@ -27,12 +27,25 @@ export function formatAmount(value) {
   return Number.isInteger(n) ? n.toLocaleString("en-US") : formatNeurons(n);
 }
 
-/** 1, 2, 5, 10, 20, 50 ... : a round top for the y axis. */
-function niceMax(value) {
-  if (!(value > 0)) return 1;
-  const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 5, 10]) if (step * power >= value) return step * power;
-  return 10 * power;
+/**
+ * 1, 2, 5, 10, 20, 50 ... : a round top for the y axis, whose half is the middle grid line.
+ * Counts (`whole`) never get a half line at 0.5 or 2.5: their tops are 2, 6, 10, 20 ...
+ */
+function niceMax(value, whole = false) {
+  let top = 10;
+  if (value > 0) {
+    const power = 10 ** Math.floor(Math.log10(value));
+    top = 10 * power;
+    for (const step of [5, 2, 1]) if (step * power >= value) top = step * power;
+  } else {
+    top = whole ? 2 : 1;
+  }
+  return whole && top % 2 === 1 ? top + 1 : top;
+}
+
+/** Pixels the y axis's labels take at 11 px: digits and separators are about 6.5 px each. */
+function axisWidth(labels) {
+  return Math.ceil(8 + 6.5 * Math.max(1, ...labels.map((label) => label.length)));
 }
 
 /** "2026-12-02" -> "2 Dec" (days are UTC dates, so they are read as UTC). */
@@ -46,21 +59,28 @@ export function dayLabel(day) {
  * Each segment is a <rect class="bar series-N"> with data-series, data-day and data-value, and
  * a <title> that a pointer or a screen reader can read. Columns are placed in percent of the
  * width and the height is in pixels, so text keeps its size at any width; `max` gives several
- * small charts one scale.
+ * small charts one scale. The y axis's labels are a narrow SVG of their own beside the plot,
+ * so no bar is ever drawn over them.
  */
 export function stackedBars({ days, series, height = 160, unit = "", label, max = null, legendAlways = false }) {
   const plotHeight = height - PLOT_TOP - PLOT_BOTTOM;
   const totals = days.map((_, index) => series.reduce((sum, s) => sum + (Number(s.values[index]) || 0), 0));
-  const top = niceMax(Math.max(0, max ?? 0, ...totals));
+  const whole = [max ?? 0, ...totals].every(Number.isInteger);
+  const top = niceMax(Math.max(0, max ?? 0, ...totals), whole);
   const column = 100 / Math.max(1, days.length);
   const barWidth = column * 0.62;
   const y = (value) => PLOT_TOP + plotHeight - (plotHeight * value) / top;
-  const grid = [0, top / 2, top].map((value) =>
-    svg(
-      "g",
-      { class: "chart-grid" },
-      svg("line", { x1: "0", x2: "100%", y1: y(value), y2: y(value) }),
-      value > 0 ? svg("text", { x: "0", y: y(value) - 3 }, formatAmount(value)) : null,
+  const levels = [0, top / 2, top];
+  const grid = levels.map((value) =>
+    svg("g", { class: "chart-grid" }, svg("line", { x1: "0", x2: "100%", y1: y(value), y2: y(value) })),
+  );
+  const labels = levels.map((value) => formatAmount(value));
+  const width = axisWidth(labels);
+  const axis = svg(
+    "svg",
+    { class: "chart-axis", width, height, "aria-hidden": "true" },
+    ...levels.map((value, index) =>
+      svg("text", { class: "chart-axis-label", x: width - 6, y: y(value) + 4, "text-anchor": "end" }, labels[index]),
     ),
   );
   const bars = [];
@@ -106,7 +126,7 @@ export function stackedBars({ days, series, height = 160, unit = "", label, max 
   const legend = series.length > 1 || legendAlways
     ? h("ul", { class: "chart-legend" }, series.map((s, index) => h("li", {}, h("span", { class: `swatch series-${index % 8}`, "aria-hidden": "true" }), s.name)))
     : null;
-  return h("figure", { class: "chart-figure" }, chart, legend);
+  return h("figure", { class: "chart-figure" }, h("div", { class: "chart-frame" }, axis, chart), legend);
 }
 
 /** A horizontal meter: how much of `total` is left, with its numbers as text beside it. */
