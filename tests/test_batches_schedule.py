@@ -166,12 +166,18 @@ def test_two_batches_take_turns_on_a_tight_budget(emulator, make_proxy, tmp_path
     proxy = _one_account(
         emulator, make_proxy, tmp_path, clock, daily_neurons=4 * PRICE + 1, account_concurrency=2
     )
-    with _client(proxy) as client:
-        first = _submit(client, 4)
-        second = _submit(client, 4)
-        _settles(emulator, 4)
-        done_first = client.batches.retrieve(first.id).request_counts.completed
-        done_second = client.batches.retrieve(second.id).request_counts.completed
+    # Each call takes a while, so the first batch's first line is still running when the
+    # second batch arrives, however slow the machine (else the first could finish all four).
+    httpx.post(emulator.root + "/__emulator/config", json={"latency": 0.5}, timeout=5)
+    try:
+        with _client(proxy) as client:
+            first = _submit(client, 4)
+            second = _submit(client, 4)
+            _settles(emulator, 4)
+            done_first = client.batches.retrieve(first.id).request_counts.completed
+            done_second = client.batches.retrieve(second.id).request_counts.completed
+    finally:
+        httpx.post(emulator.root + "/__emulator/config", json={"latency": 0}, timeout=5)
     # First come would be 4 and 0; taking turns shares the day's four images.
     assert done_first + done_second == 4
     assert done_second >= 1 and done_first <= 3

@@ -44,18 +44,6 @@ def model_not_allowed(caller: Caller, model: ModelSpec) -> ApiError:
     )
 
 
-def model_not_allowed(caller: Caller, model: ModelSpec) -> ApiError:
-    """The 403 for a model outside the key's `models` (live requests, and batch lines when
-    the batch is validated)."""
-    return ApiError(
-        403,
-        f"this API key ({caller.name}) may not use the model {model.short_name!r} "
-        f"({model.id}); ask an admin to add it to the key's `models`",
-        param="model",
-        code="model_not_allowed",
-    )
-
-
 class KeyQuota:
     def __init__(
         self,

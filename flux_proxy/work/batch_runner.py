@@ -136,7 +136,7 @@ class BatchRunner:
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
-        self._turn = 0
+        self._last_started: str | None = None  # the batch that got the latest line
         self._store_down = False
         self._last_sweep = float("-inf")
         self._owner_resting: dict[str, float] = {}  # owner key name -> clock time it may go on
@@ -241,13 +241,18 @@ class BatchRunner:
     async def _dispatch(self, docs: list[dict]) -> None:
         """Start lines while some account has room, one batch after another in turn."""
         rooms = {room.number: room for room in await self._rooms()}
-        start = self._turn % len(docs)
-        self._turn += 1
+        if not rooms:
+            return
+        # The turn passes to the batch after the one that got the latest line: counting
+        # looks at the store instead (most find no room) made the order depend on timing.
+        ids = [doc["id"] for doc in docs]
+        start = ids.index(self._last_started) + 1 if self._last_started in ids else 0
         turn = docs[start:] + docs[:start]
         while turn and rooms:
             for doc in list(turn):
-                started = await self._start_one(doc, rooms)
-                if not started:
+                if await self._start_one(doc, rooms):
+                    self._last_started = doc["id"]
+                else:
                     turn.remove(doc)
 
     async def _rooms(self) -> list[AccountRoom]:
