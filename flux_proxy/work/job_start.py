@@ -11,6 +11,8 @@ or the call is sent and the cancel answers 409.
 
 Only the first call does the swap; the others of an `n` > 1 job (and failovers) find it done.
 A job already `in_progress` when taken (its worker died) starts open: it may have been sent.
+When the store cannot be asked (Redis away), nothing is sent and `unsure` tells the worker to
+hand the job back to the queue rather than fail it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ def job_cancelled(job_id: str) -> ApiError:
     return ApiError(409, f"job {job_id} was cancelled before it was sent", code="job_cancelled")
 
 
+def store_unavailable() -> ApiError:
+    return ApiError(503, "the job could not be started; it will be retried", code="unavailable")
+
+
 class JobStart:
     def __init__(self, store: StateStore, clock: Clock, job: JobRecord, ttl: float) -> None:
         self.store = store
@@ -36,6 +42,7 @@ class JobStart:
         self.ttl = ttl
         self.job = job  # the record as last written by this worker
         self.refused = False  # someone else moved the record first (a cancel, another worker)
+        self.unsure = False  # the store failed: the record is as it was, still queued
         self._lock = asyncio.Lock()
 
     @property
@@ -50,13 +57,21 @@ class JobStart:
                 return
             if self.refused:
                 raise job_cancelled(self.job.id)
+            if self.unsure:
+                raise store_unavailable()
             started = replace(
                 self.job,
                 status="in_progress",
                 started_at=self.clock.now(),
                 attempts=self.job.attempts + 1,
             )
-            if not await self.store.swap_job(started, QUEUED, self.ttl):
+            try:
+                swapped = await self.store.swap_job(started, QUEUED, self.ttl)
+            except Exception:
+                # Unknown whether it was written: the next worker reads the record and sees.
+                self.unsure = True
+                raise store_unavailable() from None
+            if not swapped:
                 self.refused = True
                 raise job_cancelled(self.job.id)
             self.job = started

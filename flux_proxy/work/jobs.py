@@ -239,6 +239,10 @@ class JobService:
                         await run
                     raise
                 finished = None  # cancelled by its owner before anything was sent
+            if start.unsure and not start.sent:  # the store failed as it was to be sent
+                await self.queue.release(delivery)  # another try, by whoever claims it
+                await self._idle(BACKOFF)
+                return
             # Still holding the lease: an image that is made (and paid) must not be made
             # again because the store hiccuped once while it was being recorded. A job
             # another worker started first (`refused`) is that worker's to record.
