@@ -12,7 +12,7 @@ import asyncio
 import functools
 import hashlib
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,11 +49,16 @@ class CallProgress:
 
     A call that was sent is Workers AI working (and billing): when its caller leaves, the work
     layer lets it run to its end instead of cancelling it, and sets `abandoned` so that no
-    further call (failover to the next account) is started for nobody."""
+    further call (failover to the next account) is started for nobody.
+
+    `before_send`, when given, is awaited just before each call is sent (a reservation and a
+    slot are held by then, and given back if it raises): an async job moves itself to
+    `in_progress` there, so that a cancel can win until that moment and never after."""
 
     calling: int = 0  # upstream calls in flight now
     sent: int = 0  # upstream calls started so far
     abandoned: bool = False
+    before_send: Callable[[], Awaitable[None]] | None = None
 
 
 def caller_gone() -> ApiError:
@@ -253,6 +258,8 @@ class AccountPool:
             if progress is None:
                 attempt = await self._call(account, job, run)
             else:
+                if progress.before_send is not None:
+                    await progress.before_send()
                 progress.calling += 1
                 progress.sent += 1
                 try:

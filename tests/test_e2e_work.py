@@ -139,6 +139,33 @@ def test_hang_up_mid_call_then_the_same_idempotency_key_collects_the_image(proxy
     assert len(fresh.calls()) == 1
 
 
+def test_a_replay_answers_the_cache_status_of_the_work_it_replays(proxy, fresh):
+    seeded = {"response_format": "b64_json", "seed": 4242}
+    missed = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
+    first = post(proxy, seeded, missed)
+    assert first.headers["x-flux-cache"] == "miss"
+    again = post(proxy, seeded, missed)
+    assert again.headers["x-flux-replayed"] == "true"
+    assert again.headers["x-flux-cache"] == "miss"
+
+    hit = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
+    assert post(proxy, seeded, hit).headers["x-flux-cache"] == "hit"
+    replayed = post(proxy, {**seeded, "stream": True}, hit)
+    assert replayed.headers["x-flux-replayed"] == "true"
+    assert replayed.headers["x-flux-cache"] == "hit"
+    assert len(fresh.calls()) == 1
+
+    # A result kept after a hang-up and collected by the SDK's own retry says so too.
+    fresh.reset()
+    fresh.config(latency=CALL_SECONDS)
+    other = {"response_format": "b64_json", "seed": 777}
+    send_and_hang_up(proxy, other, {}, fresh)
+    retry = post(proxy, other, {"x-stainless-retry-count": "1"})
+    assert retry.headers["x-flux-replayed"] == "true"
+    assert retry.headers["x-flux-cache"] == "miss"
+    assert len(fresh.calls()) == 1
+
+
 def test_idempotency_key_reused_with_another_request_is_a_422_the_sdk_does_not_retry(proxy, fresh):
     key = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
     client = sdk(proxy, timeout=30)

@@ -136,6 +136,48 @@ def test_a_queued_job_can_be_cancelled_and_a_sent_one_gives_409(make_proxy, emul
     assert len(emulator.calls()) == 1
 
 
+def test_a_job_waiting_for_an_account_slot_is_cancelled_unsent_and_frees_its_quota(
+    make_proxy, emulator, tmp_path
+):
+    # One account with one slot, and alice may make two images a day. Job A takes the slot;
+    # job B is taken by a worker that waits for the slot, holding alice's second image.
+    from test_keys import ALICE, TEAM, bearer, keys_toml
+
+    keys = tmp_path / "keys.toml"
+    keys.write_text(keys_toml(*TEAM))
+    proxy = make_proxy(
+        api_keys_file=keys, accounts=emulator.account_configs()[:1], account_concurrency=1
+    )
+    set_latency(emulator, 2.0)
+    try:
+        with httpx.Client(base_url=proxy.url, headers=bearer(ALICE), timeout=30) as http:
+            body = {"prompt": "slow", "response_format": "b64_json", "size": "256x256"}
+            first = http.post("/v1/images/generations", json=body, headers=ASYNC).json()
+            wait_for_status(http, first["id"], {"in_progress"})
+            second = http.post("/v1/images/generations", json=body, headers=ASYNC).json()
+            time.sleep(0.5)  # a free worker has taken B by now and waits for the slot
+            assert len(emulator.calls()) == 1
+            assert http.get(f"/v1/images/jobs/{second['id']}").json()["status"] == "queued"
+
+            cancelled = http.delete(f"/v1/images/jobs/{second['id']}")
+            assert cancelled.status_code == 200, cancelled.text
+            assert cancelled.json()["status"] == "cancelled"
+
+            assert wait_for_status(http, first["id"], {"completed", "failed"})["status"] == (
+                "completed"
+            )
+            time.sleep(0.5)  # the slot is free: a worker still holding B would send it now
+            assert http.get(f"/v1/images/jobs/{second['id']}").json()["status"] == "cancelled"
+            assert len(emulator.calls()) == 1
+            # B's hold on alice's quota was given back: her second image of the day is made.
+            client = openai.OpenAI(base_url=proxy.base_url, api_key=ALICE, max_retries=0)
+            made = client.images.generate(prompt="after", size="256x256")
+            assert made.data[0].b64_json
+    finally:
+        set_latency(emulator, 0.0)
+    assert len(emulator.calls()) == 2
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [

@@ -160,3 +160,51 @@ def test_sigterm_lets_a_running_job_finish_and_keeps_its_result(tmp_path, fresh)
         assert metric(again.metrics(), "flux_proxy_jobs_total", event="resumed") == 0
     finally:
         again.proc.stop()
+
+
+def test_a_job_cancelled_on_replica_b_while_a_waits_for_a_slot_is_never_sent(
+    tmp_path, fresh, redis_prefix
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import REDIS_URL
+
+    env = {
+        "STATE_BACKEND": "redis",
+        "REDIS_URL": REDIS_URL,
+        "REDIS_PREFIX": redis_prefix,
+        "JOB_WORKERS": 1,
+        "ACCOUNT_CONCURRENCY": 1,
+        "SLOT_WAIT_SECONDS": 30,
+    }
+    fresh.reset()
+    fresh.config(latency=6)
+    a = start_proxy(tmp_path / "a", fresh, **env)
+    b = None
+    try:
+        with ThreadPoolExecutor(3) as callers:
+            # Three synchronous requests take A's three accounts' only slots.
+            busy = [callers.submit(a.generate, prompt=f"busy {n}", **SMALL) for n in range(3)]
+            wait_until(lambda: len(fresh.calls()) == 3, 20, "every slot of replica A taken")
+            job_id = a.generate(headers=ASYNC, prompt="never sent", **SMALL).json()["id"]
+            # B starts after A's worker has taken the job (it waits for a slot there).
+            b = start_proxy(tmp_path / "b", fresh, **env)
+            assert job(a, job_id)["status"] == "queued"
+
+            cancelled = httpx.delete(
+                f"{b.base_url}/images/jobs/{job_id}", headers=b.auth, timeout=10
+            )
+            assert cancelled.status_code == 200, cancelled.text
+            assert cancelled.json()["status"] == "cancelled"
+            assert [f.result().status_code for f in busy] == [200] * 3
+        time.sleep(1.0)  # A's slots are free: a worker still holding the job would send it
+        assert job(a, job_id)["status"] == "cancelled"
+        assert len(fresh.calls()) == 3
+        text = a.metrics()
+        assert metric(text, "flux_proxy_jobs_total", event="failed") == 0
+        assert metric(text, "flux_proxy_jobs_total", event="completed") == 0
+    finally:
+        a.proc.stop()
+        if b is not None:
+            b.proc.stop()
+        fresh.reset()

@@ -74,9 +74,10 @@ def decode_request(data: bytes) -> RawRequest:
     return RawRequest(value["fields"], files, is_form=value["is_form"])
 
 
-async def produce(svc, image_request: ImageRequest, job: JobRecord) -> WorkResult:
+async def produce(svc, image_request: ImageRequest, job: JobRecord, before_send) -> WorkResult:
     """The one place a job reaches for images: the work layer's entry point, with what the
-    submitting request asked of it (Idempotency-Key, SDK retry, cache policy)."""
+    submitting request asked of it (Idempotency-Key, SDK retry, cache policy). `before_send`
+    moves the job to `in_progress` before its first upstream call (`work/job_start.py`)."""
     meta = job.meta
     return await svc.work.produce(
         image_request,
@@ -85,17 +86,18 @@ async def produce(svc, image_request: ImageRequest, job: JobRecord) -> WorkResul
         idempotency_key=meta.get("idempotency_key"),
         sdk_retry=bool(meta.get("sdk_retry")),
         cache=CachePolicy(meta.get("cache") or CachePolicy.USE),
+        before_send=before_send,
     )
 
 
 def image_job_runner(svc):
     """The runner `JobService` calls for image jobs: validate, make, render, as JSON bytes."""
 
-    async def run(job: JobRecord) -> bytes:
+    async def run(job: JobRecord, before_send) -> bytes:
         raw = decode_request(job.request)
         build, edit = BUILDERS[job.kind]
         image_request = await build(raw, svc.settings, edit=edit)
-        result = await produce(svc, image_request, job)
+        result = await produce(svc, image_request, job, before_send)
         outcome = await finish_all(result, image_request)
         body = await images_body(
             outcome,

@@ -190,7 +190,8 @@ openapi.add_operation(
     openapi.operation(
         "cancelImageJob",
         "Cancel an async image job that is still queued",
-        description="409 once the job is in progress (its call may have been sent) or done.",
+        description="A job is queued until its call is sent (also while a worker waits for an "
+        "account slot); 409 once it is in_progress (sent) or done.",
         ok=openapi.json_ok("The cancelled job.", _JOB),
         errors_=("401", "404", "409"),
     )

@@ -4,7 +4,10 @@ collects later (async image jobs; batch lines can be fed through the same servic
 A job is a `JobRecord` in the state store plus one entry in the work queue (`work/queue.py`).
 The record says where the job is; the queue says who works on it. Every status change is a
 compare-and-set on the record, so:
-- a cancel and a worker racing for a queued job: exactly one wins;
+- a job stays `queued` while a worker validates it and waits (for a slot, a repeat, the
+  cache) and moves to `in_progress` just before its first upstream call is sent
+  (`job_start.py`); a cancel and that move race on the same compare-and-set: exactly one wins,
+  so a cancelled job never reaches upstream and a sent one is never cancelled;
 - a queue entry delivered twice (its first worker died): the second worker finds the record
   `in_progress`, counts the call the dead worker may have sent as maybe-billed, and runs it
   again; an entry whose job is already final is just acknowledged.
@@ -12,14 +15,18 @@ compare-and-set on the record, so:
 API:
 
     service = JobService(store, queue, clock, metrics, workers=4, lease=30, result_ttl=900)
-    service.register(kind, runner)        # runner(job) -> result bytes; raise ApiError to fail
+    service.register(kind, runner)        # runner(job, before_send) -> result bytes;
+                                          # raise ApiError to fail; await before_send() just
+                                          # before each upstream call (it raises if cancelled)
     await service.start() / await service.stop(grace)   # the app's lifespan does this
     await service.submit(owner=, kind=, request=, meta=) -> JobRecord   (status "queued")
     await service.get(job_id) -> JobRecord | None
     await service.stats() -> {"ok", "backend", "pending", "workers"}   (for /health)
     await service.cancel(job_id) -> JobRecord | None
-        None: unknown. A queued job becomes "cancelled" (cancelling one twice is fine);
-        any other raises ApiError 409 `job_not_cancellable` (its call may have been sent).
+        None: unknown. A queued job (waiting in line, or taken by a worker that has sent
+        nothing yet) becomes "cancelled" (cancelling one twice is fine), and a worker of this
+        process working on it stops at once (other replicas' within a lease renewal; none can
+        send it); any other raises ApiError 409 `job_not_cancellable` (its call was sent).
 
 Finished jobs (completed, failed, cancelled) are kept `result_ttl` seconds past completion;
 unfinished ones `OPEN_JOB_TTL` (a week) from their last change.
@@ -41,13 +48,13 @@ from flux_proxy.errors import ApiError
 from flux_proxy.logs import log_event
 from flux_proxy.metrics import Metrics
 from flux_proxy.store.base import JobRecord, StateStore
+from flux_proxy.work.job_start import QUEUED, JobStart
 from flux_proxy.work.queue import Delivery, WorkQueue
 
-JobRunner = Callable[[JobRecord], Awaitable[bytes]]
+JobRunner = Callable[[JobRecord, Callable[[], Awaitable[None]]], Awaitable[bytes]]
 
 QUEUE_KIND = "jobs"  # the line single jobs wait in
 OPEN_JOB_TTL = 7 * 86400.0
-QUEUED = frozenset({"queued"})
 RUNNABLE = frozenset({"queued", "in_progress"})
 IN_PROGRESS = frozenset({"in_progress"})
 POLL_INTERVAL = 1.0  # how often an idle worker looks for entries other processes put
@@ -85,6 +92,7 @@ class JobService:
         self._tasks: list[asyncio.Task] = []
         self._wake = asyncio.Event()
         self._stopping = False
+        self._running: dict[str, asyncio.Task] = {}  # job id -> its run, in this process
 
     def register(self, kind: str, runner: JobRunner) -> None:
         self._runners[kind] = runner
@@ -125,12 +133,14 @@ class JobService:
             cancelled = self._finished(job, "cancelled")
             if await self.store.swap_job(cancelled, QUEUED, self.result_ttl):
                 self._count("cancelled")
+                if (running := self._running.get(job_id)) is not None:
+                    running.cancel()  # frees its slot wait and quota hold now
                 return cancelled
             job = await self.store.get_job(job_id) or job  # a worker took it meanwhile
         raise ApiError(
             409,
             f"job {job_id} is {job.status} and can no longer be cancelled"
-            + ("; its call may already have been sent upstream" if not job.final else ""),
+            + ("; its call was already sent upstream" if not job.final else ""),
             code="job_not_cancellable",
         )
 
@@ -203,35 +213,51 @@ class JobService:
             await self.queue.release(delivery)
             await self._idle(BACKOFF)
             return
-        resumed = job.status == "in_progress"
-        started = replace(
-            job, status="in_progress", started_at=self.clock.now(), attempts=job.attempts + 1
-        )
-        if not await self.store.swap_job(started, RUNNABLE, OPEN_JOB_TTL):
-            await self.queue.ack(delivery)  # cancelled in the meantime
-            return
-        if resumed:
-            # The worker before us died with this job in progress: its call may have been
-            # sent and billed, and we are about to make the image again.
+        if job.status == "in_progress":
+            # The worker before us died with this job sent: its call may have been billed,
+            # and we are about to make the image again.
+            resumed = replace(job, started_at=self.clock.now(), attempts=job.attempts + 1)
+            if not await self.store.swap_job(resumed, IN_PROGRESS, OPEN_JOB_TTL):
+                await self.queue.ack(delivery)  # finished by another worker meanwhile
+                return
+            job = resumed
             self._count("resumed")
             model = str(job.meta.get("model", "unknown"))
             self.metrics.child(self.metrics.duplicate_spend, "unknown", model).inc()
-            log_event("job_resumed", logging.WARNING, job_id=job.id, attempt=started.attempts)
-        keeper = asyncio.create_task(self._keep_lease(delivery))
+            log_event("job_resumed", logging.WARNING, job_id=job.id, attempt=job.attempts)
+        start = JobStart(self.store, self.clock, job, OPEN_JOB_TTL)
+        run = asyncio.create_task(self._run(runner, start))
+        self._running[job.id] = run
+        keeper = asyncio.create_task(self._keep_lease(delivery, run))
         try:
-            finished = await self._run(runner, started)
+            try:
+                finished = await asyncio.shield(run)
+            except asyncio.CancelledError:
+                if not run.cancelled():  # this worker is stopping: so is the job
+                    run.cancel()
+                    with contextlib.suppress(BaseException):
+                        await run
+                    raise
+                finished = None  # cancelled by its owner before anything was sent
+            if start.unsure and not start.sent:  # the store failed as it was to be sent
+                await self.queue.release(delivery)  # another try, by whoever claims it
+                await self._idle(BACKOFF)
+                return
             # Still holding the lease: an image that is made (and paid) must not be made
-            # again because the store hiccuped once while it was being recorded.
-            if await self._record(finished):
+            # again because the store hiccuped once while it was being recorded. A job
+            # another worker started first (`refused`) is that worker's to record.
+            if finished is not None and not start.refused and await self._record(finished):
                 self._count(finished.status)
         finally:
             keeper.cancel()
+            self._running.pop(job.id, None)
         await self.queue.ack(delivery)
 
     async def _record(self, finished: JobRecord) -> bool:
         for attempt in range(RECORD_ATTEMPTS):
             try:
-                return await self.store.swap_job(finished, IN_PROGRESS, self.result_ttl)
+                # `queued` too: a cache hit or a replay finishes without sending anything.
+                return await self.store.swap_job(finished, RUNNABLE, self.result_ttl)
             except Exception as exc:
                 if attempt == RECORD_ATTEMPTS - 1:
                     raise
@@ -240,26 +266,33 @@ class JobService:
                 await asyncio.sleep(BACKOFF)
         return False
 
-    async def _run(self, runner: JobRunner, job: JobRecord) -> JobRecord:
+    async def _run(self, runner: JobRunner, start: JobStart) -> JobRecord:
         try:
-            result = await runner(job)
+            result = await runner(start.job, start)
         except ApiError as error:
+            job = start.job
             return self._finished(job, "failed", error=error.body()["error"])
         except Exception as exc:
+            job = start.job
             log_event("job_failed", logging.ERROR, job_id=job.id, error=type(exc).__name__)
             internal = ApiError(500, "internal error", code="internal_error")
             return self._finished(job, "failed", error=internal.body()["error"])
-        return self._finished(job, "completed", result=result)
+        return self._finished(start.job, "completed", result=result)
 
     def _finished(self, job: JobRecord, status: str, **fields) -> JobRecord:
         # The request (with any uploaded images) is not needed once nobody will run it again.
         return replace(job, status=status, completed_at=self.clock.now(), request=b"", **fields)
 
-    async def _keep_lease(self, delivery: Delivery) -> None:
+    async def _keep_lease(self, delivery: Delivery, run: asyncio.Task) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
             with contextlib.suppress(Exception):  # a missed renewal is retried next time
                 await self.queue.renew(delivery, self.lease)
+                # Cancelled on another replica while this one waits for a slot: stop waiting
+                # (nothing can be sent anyway: `JobStart` would refuse).
+                job = await self.store.get_job(delivery.entry_id)
+                if job is not None and job.status == "cancelled":
+                    run.cancel()
 
     def _count(self, event: str) -> None:
         self.metrics.child(self.metrics.jobs, event).inc()

@@ -31,8 +31,7 @@ from flux_proxy.pool import CallProgress
 from flux_proxy.settings import Settings
 from flux_proxy.store.base import StateStore
 from flux_proxy.work.cache import CachePolicy, SeededCache
-from flux_proxy.work.fingerprint import Fingerprint
-from flux_proxy.work.first_look import UNKNOWN, FirstLook, FirstLookSink, OnFirstLook
+from flux_proxy.work.first_look import UNKNOWN, FirstLook, OnFirstLook
 from flux_proxy.work.repeats import (
     Repeats,
     idempotency_store_key,
@@ -40,35 +39,11 @@ from flux_proxy.work.repeats import (
     retry_store_key,
 )
 from flux_proxy.work.results import MadeImage, WorkFailed, WorkResult, failure_of, not_made
+from flux_proxy.work.work_request import BeforeSend, WorkRequest
 
 __all__ = ["CachePolicy", "ImageWork", "MadeImage", "WorkResult", "failure_of"]
 
 OnImage = Callable[[MadeImage], None]
-
-
-class _Request:
-    """One `produce` call's context; the fingerprint is computed at most once."""
-
-    def __init__(
-        self,
-        request: ImageRequest,
-        caller: str,
-        request_id: str,
-        cache: CachePolicy,
-        on_first_look: OnFirstLook | None,
-    ):
-        self.request = request
-        self.caller = caller
-        self.request_id = request_id
-        self.cache = cache
-        self.look = FirstLookSink(on_first_look, request.n)
-        self._fingerprint: Fingerprint | None = None
-
-    @property
-    def fingerprint(self) -> Fingerprint:
-        if self._fingerprint is None:
-            self._fingerprint = Fingerprint(self.request)
-        return self._fingerprint
 
 
 class ImageWork:
@@ -116,6 +91,7 @@ class ImageWork:
         cache: CachePolicy = CachePolicy.USE,
         on_image: OnImage | None = None,
         on_first_look: OnFirstLook | None = None,
+        before_send: BeforeSend | None = None,
     ) -> WorkResult:
         """The images of `request` for `caller` (`Caller.name`).
 
@@ -126,9 +102,9 @@ class ImageWork:
         known of the answer by then (`first_look.py`: for a stream's headers); a refusal before
         that point (422, the key's quota) is raised before it is called. Cancelling this (the
         caller left) cancels what has not been sent and lets sent calls finish, keeping their
-        result for a retry.
+        result for a retry. `before_send` is awaited before each upstream call (`WorkRequest`).
         """
-        work = _Request(request, caller, request_id, cache, on_first_look)
+        work = WorkRequest(request, caller, request_id, cache, on_first_look, before_send)
         if idempotency_key is not None:
             return await self._by_idempotency_key(work, idempotency_key, on_image)
         if sdk_retry:
@@ -150,7 +126,7 @@ class ImageWork:
     # --- repeats -------------------------------------------------------------------------
 
     async def _by_idempotency_key(
-        self, work: _Request, idempotency_key: str, on_image: OnImage | None
+        self, work: WorkRequest, idempotency_key: str, on_image: OnImage | None
     ) -> WorkResult:
         key = idempotency_store_key(work.caller, idempotency_key)
         fingerprint = work.fingerprint.request
@@ -181,7 +157,9 @@ class ImageWork:
             claiming.add_done_callback(release_if_claimed)
             raise
 
-    def _replayed(self, work: _Request, kept: WorkResult, on_image: OnImage | None) -> WorkResult:
+    def _replayed(
+        self, work: WorkRequest, kept: WorkResult, on_image: OnImage | None
+    ) -> WorkResult:
         work.look.tell(FirstLook(kept.cache, True, kept.created))
         self.metrics.results_collected.inc()
         if on_image is not None:
@@ -194,7 +172,7 @@ class ImageWork:
     # --- making ----------------------------------------------------------------------------
 
     async def _make(
-        self, work: _Request, on_image: OnImage | None, *, claimed: str | None
+        self, work: WorkRequest, on_image: OnImage | None, *, claimed: str | None
     ) -> WorkResult:
         # The key's model list and daily quota, held before any upstream call (403 / 429).
         try:
@@ -208,7 +186,7 @@ class ImageWork:
         elif work.cache is CachePolicy.REFRESH:
             work.look.tell(FirstLook("miss", False))
         jobs = work.request.jobs()
-        progress = [CallProgress() for _ in jobs]
+        progress = [CallProgress(before_send=work.before_send) for _ in jobs]
         tasks = [
             asyncio.create_task(self._image(work, index, job, progress[index], on_image))
             for index, job in enumerate(jobs)
@@ -234,7 +212,7 @@ class ImageWork:
 
     async def _image(
         self,
-        work: _Request,
+        work: WorkRequest,
         index: int,
         job: ImageJob,
         progress: CallProgress,
@@ -263,7 +241,7 @@ class ImageWork:
             on_image(made)
         return made
 
-    async def _seeded(self, work: _Request, index: int, job: ImageJob, make) -> MadeImage:
+    async def _seeded(self, work: WorkRequest, index: int, job: ImageJob, make) -> MadeImage:
         assert job.seed is not None
         key = work.fingerprint.image(job.seed)
         model = job.model.short_name
@@ -294,7 +272,7 @@ class ImageWork:
         return MadeImage(index, found, job.seed, cached=shared)
 
     def _assemble(
-        self, work: _Request, tasks: list[asyncio.Task], result_id: str, created: int
+        self, work: WorkRequest, tasks: list[asyncio.Task], result_id: str, created: int
     ) -> WorkResult:
         images: list[MadeImage] = []
         errors: list[tuple[int, ApiError]] = []
@@ -314,7 +292,7 @@ class ImageWork:
             cache = "hit" if images and all(m.cached for m in images) else "miss"
         return WorkResult(result_id, created, images, errors, cache=cache)
 
-    def _cacheable(self, work: _Request) -> bool:
+    def _cacheable(self, work: WorkRequest) -> bool:
         return (
             self.cache.enabled
             and work.request.requested_seed is not None
@@ -325,7 +303,7 @@ class ImageWork:
 
     def _abandon(
         self,
-        work: _Request,
+        work: WorkRequest,
         tasks: list[asyncio.Task],
         progress: list[CallProgress],
         claimed: str | None,
@@ -362,7 +340,7 @@ class ImageWork:
 
     async def _finish_abandoned(
         self,
-        work: _Request,
+        work: WorkRequest,
         tasks: list[asyncio.Task],
         running: list[asyncio.Task],
         claimed: str | None,
@@ -402,7 +380,7 @@ class ImageWork:
                     await self.repeats.release(key, fingerprint)
 
     async def _keep_and_release(
-        self, work: _Request, result: WorkResult, keys: list[str], claimed: str
+        self, work: WorkRequest, result: WorkResult, keys: list[str], claimed: str
     ) -> None:
         fingerprint = work.fingerprint.request
         try:

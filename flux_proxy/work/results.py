@@ -142,6 +142,7 @@ def encode_result(result: WorkResult) -> bytes:
         "created": result.created,
         "images": images,
         "errors": [[index, e.status, e.body()["error"]] for index, e in result.errors],
+        "cache": result.cache,  # a replay answers the original's x-flux-cache
     }
     return _pack(header, payloads)
 
@@ -165,7 +166,8 @@ def decode_result(data: bytes) -> WorkResult:
         )
         for index, status, error in doc["errors"]
     ]
-    return WorkResult(doc["id"], doc["created"], images, errors)
+    # Results kept before the cache status was stored have none: "bypass", as they answered.
+    return WorkResult(doc["id"], doc["created"], images, errors, cache=doc.get("cache", "bypass"))
 
 
 def encode_image(image: GeneratedImage) -> bytes:
