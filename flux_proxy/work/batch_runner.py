@@ -30,7 +30,6 @@ import logging
 import os
 import secrets
 import socket
-from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
@@ -48,6 +47,7 @@ from flux_proxy.metrics import Metrics
 from flux_proxy.settings import Settings
 from flux_proxy.store.base import LineClaim, StoreUnavailable
 from flux_proxy.work.batch_estimates import AccountRoom, account_rooms, batch_slots, budget_reserve
+from flux_proxy.work.batch_line import run_line
 from flux_proxy.work.batches import (
     ACTIVE,
     ACTIVE_KIND,
@@ -60,60 +60,10 @@ from flux_proxy.work.batches import (
     request_counts,
 )
 from flux_proxy.work.files import FileStore
-from flux_proxy.work.results import WorkResult
 
 # Pool answers that mean "not now" (no account could take it): the line goes back unrun.
 RETRY_LATER = (409, 429, 502, 503)  # 409: the line's earlier work is still in flight
 FINALIZE_LEASE = 120.0
-
-
-# The accounts the runner chose for the line being made, and the neurons it must leave, seen
-# by `_LinePool` inside the work layer (whose tasks inherit the context).
-_LINE_LIMITS: ContextVar[tuple[tuple[int, ...], float] | None] = ContextVar(
-    "batch_line_limits", default=None
-)
-
-
-class LinePool:
-    """The pool as the batch runner's work layer sees it: within a line, only the account the
-    runner chose, keeping the live reserve back; otherwise the pool itself."""
-
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
-
-    async def generate(self, job, *, request_id: str, progress=None):
-        limits = _LINE_LIMITS.get()
-        if limits is None:
-            return await self._pool.generate(job, request_id=request_id, progress=progress)
-        accounts, keep_back = limits
-        return await self._pool.generate(
-            job, request_id=request_id, progress=progress, accounts=accounts, keep_back=keep_back
-        )
-
-
-async def run_line(
-    work: Any,
-    image_request: ImageRequest,
-    *,
-    caller: str,
-    request_id: str,
-    line_key: str,
-    accounts: list[int],
-    keep_back: float,
-) -> WorkResult:
-    """The one place a batch line asks for its images: through the work layer, with the line
-    as its Idempotency-Key, so a line taken over from a dead runner collects the images that
-    runner already paid for (kept RESULT_TTL_SECONDS) instead of paying again."""
-    token = _LINE_LIMITS.set((tuple(accounts), keep_back))
-    try:
-        return await work.produce(
-            image_request, caller=caller, request_id=request_id, idempotency_key=line_key
-        )
-    finally:
-        _LINE_LIMITS.reset(token)
 
 
 class BatchRunner:

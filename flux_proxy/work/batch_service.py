@@ -16,7 +16,8 @@ from flux_proxy.errors import ApiError, invalid
 from flux_proxy.image_store import ImageStore
 from flux_proxy.settings import Settings
 from flux_proxy.work.batch_estimates import account_rooms, beyond_any_day, estimate_completion
-from flux_proxy.work.batch_runner import BatchRunner, LinePool
+from flux_proxy.work.batch_line import LinePool
+from flux_proxy.work.batch_runner import BatchRunner
 from flux_proxy.work.batches import (
     ACTIVE,
     ACTIVE_KIND,
