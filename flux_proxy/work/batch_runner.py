@@ -15,6 +15,9 @@ through the account pool, as budgets allow, over as many days as it takes.
   A line handed back unrun does not wake the runner (that would spin on a refusal); and
   when the batch's owner key is past its daily quota, the owner's batches rest until the
   quota's reset instead of claiming a line per look.
+- A line too dear for every account's room today is handed back and the next lines are
+  tried in its place (the store hands out lines not tried yet first), so smaller lines go
+  ahead of it; at most `SKIP_LINES` a look per batch, never a scan of the batch.
 - Batches take turns line by line (round robin). A cancelled or expired batch's unclaimed
   lines are closed at once without a call; lines already running finish.
 - Whoever records a batch's last line assembles its output and error files, once: a lease
@@ -64,6 +67,9 @@ from flux_proxy.work.files import FileStore
 # Pool answers that mean "not now" (no account could take it): the line goes back unrun.
 RETRY_LATER = (409, 429, 502, 503)  # 409: the line's earlier work is still in flight
 FINALIZE_LEASE = 120.0
+# Lines too dear for today a runner hands back in one look before it leaves a batch be: enough
+# to get past a few big lines, never a scan of a 50,000-line batch every poll.
+SKIP_LINES = 16
 
 
 class BatchRunner:
@@ -215,14 +221,35 @@ class BatchRunner:
         ]
 
     async def _start_one(self, doc: dict, rooms: dict[int, AccountRoom]) -> bool:
-        """Claim and start one line of `doc`; False when it has none to run now."""
-        if not _fits_any(doc.get("line_neurons", 1.0), rooms):
-            return False  # not even a typical line fits: do not touch the queue
-        claim = await self.store.claim_line(
-            doc["id"], self.worker, self.settings.batch_line_lease_seconds
-        )
-        if claim is None:
-            return False
+        """Claim and start one line of `doc`; False when it has none to run now.
+
+        A line too dear for every account's room today is handed back, and the store hands
+        out the lines not tried yet before it (`claim_line`): the next few are tried in its
+        place (at most SKIP_LINES a look), so one dear line does not hold up cheaper ones."""
+        cheapest = doc.get("cheapest_line_neurons", doc.get("line_neurons", 1.0))
+        if not _fits_any(cheapest, rooms):
+            return False  # not even the cheapest line fits: do not touch the queue
+        skipped: set[int] = set()
+        while len(skipped) < SKIP_LINES:
+            claim = await self.store.claim_line(
+                doc["id"], self.worker, self.settings.batch_line_lease_seconds
+            )
+            if claim is None:
+                return False
+            if claim.index in skipped:  # round the batch's open lines once: none fits
+                await self.store.release_line(claim)
+                return False
+            started = await self._start_claimed(doc, claim, rooms)
+            if started:
+                return True
+            skipped.add(claim.index)
+        return False
+
+    async def _start_claimed(
+        self, doc: dict, claim: LineClaim, rooms: dict[int, AccountRoom]
+    ) -> bool:
+        """Start the claimed line on the account with most room; False (and the line handed
+        back) when no account can cover it today."""
         line = orjson.loads(claim.payload)
         owner = Caller(doc["owner"], "user")
         try:

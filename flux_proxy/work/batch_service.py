@@ -113,6 +113,7 @@ class BatchService:
             "owner": caller.name,
             "base_url": base_url,
             "line_neurons": sum(checked.neurons) / len(checked.neurons) if checked.neurons else 0,
+            "cheapest_line_neurons": min(checked.neurons, default=0),
             "typical_seconds": checked.typical_seconds,
             "sort_key": sort_key(now),
         }

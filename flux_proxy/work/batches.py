@@ -40,6 +40,7 @@ _INTERNAL = (
     "owner",
     "base_url",
     "line_neurons",
+    "cheapest_line_neurons",
     "typical_seconds",
     "finalizer_until",
     "sort_key",
