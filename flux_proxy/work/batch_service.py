@@ -6,7 +6,7 @@ document, so `batches.retrieve` shows progress as it happens on any replica.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,12 @@ from flux_proxy.work.batches import (
     BATCH_KIND,
     ENDPOINTS,
     check_input,
+    completion_window,
     finished_lines,
+    line_owner,
     new_batch_id,
     public_batch,
     unsupported_endpoint,
-    window_seconds,
 )
 from flux_proxy.work.file_blobs import DiskBlobs
 from flux_proxy.work.files import FileStore, sort_key
@@ -59,7 +60,7 @@ class BatchService:
         endpoint = body.get("endpoint")
         if endpoint not in ENDPOINTS:
             raise unsupported_endpoint(endpoint)
-        window = window_seconds(body.get("completion_window", "24h"))
+        window, window_label = completion_window(body.get("completion_window", "24h"))
         metadata = _metadata(body.get("metadata"))
         file_id = body.get("input_file_id")
         if not isinstance(file_id, str) or not file_id:
@@ -70,10 +71,7 @@ class BatchService:
                 f"file {file_id[:80]} has purpose {file_doc['purpose']!r}, not 'batch'",
                 param="input_file_id",
             )
-        # Lines are checked as the runner will run them: as their owner's own (an admin's
-        # line cannot name another key's image file, which the runner could not read).
-        owner = replace(caller, role="user")
-        checked = await check_input(data, endpoint, self.settings, self.files, owner)
+        checked = await check_input(data, endpoint, self.settings, self.files, line_owner(caller))
         total = len(checked.payloads) + len(checked.errors)
         if not checked.errors:
             rooms = await account_rooms(
@@ -88,7 +86,7 @@ class BatchService:
             "endpoint": endpoint,
             "model": None,
             "input_file_id": file_id,
-            "completion_window": body.get("completion_window", "24h"),
+            "completion_window": window_label,
             "status": "in_progress",
             "output_file_id": None,
             "error_file_id": None,
@@ -118,8 +116,10 @@ class BatchService:
             "sort_key": sort_key(now),
         }
         if checked.errors:
-            # One bad line fails the whole batch before anything is queued: nothing is spent.
+            # One bad line fails the whole batch before anything is queued: nothing is spent,
+            # and (as OpenAI counts a batch that failed validation) no request is counted.
             doc |= {
+                "request_counts": {"total": 0, "completed": 0, "failed": 0},
                 "status": "failed",
                 "failed_at": int(now),
                 "errors": {"object": "list", "data": checked.errors},
