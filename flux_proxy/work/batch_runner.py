@@ -36,8 +36,6 @@ import socket
 from dataclasses import replace
 from typing import Any
 
-import orjson
-
 from flux_proxy.api.caller import Caller
 from flux_proxy.api.generate import finish_all
 from flux_proxy.api.parse import ImageRequest
@@ -51,6 +49,7 @@ from flux_proxy.settings import Settings
 from flux_proxy.store.base import LineClaim, StoreUnavailable
 from flux_proxy.work.batch_estimates import AccountRoom, account_rooms, batch_slots, budget_reserve
 from flux_proxy.work.batch_line import run_line
+from flux_proxy.work.batch_line_store import custom_id_of, line_of, lines_blob_key
 from flux_proxy.work.batches import (
     ACTIVE,
     ACTIVE_KIND,
@@ -190,8 +189,7 @@ class BatchRunner:
         )
         lease = self.settings.batch_line_lease_seconds
         while (claim := await self.store.claim_line(doc["id"], self.worker, lease)) is not None:
-            line = orjson.loads(claim.payload)
-            result = _error_line(line.get("custom_id"), code, message)
+            result = _error_line(custom_id_of(claim.payload), code, message)
             await self._record(doc, claim, outcome, result, 0.0)
 
     async def _dispatch(self, docs: list[dict]) -> None:
@@ -250,9 +248,9 @@ class BatchRunner:
     ) -> bool:
         """Start the claimed line on the account with most room; False (and the line handed
         back) when no account can cover it today."""
-        line = orjson.loads(claim.payload)
         owner = Caller(doc["owner"], "user")
         try:
+            line = await line_of(self.files.blobs, doc["id"], claim.payload)
             request = await line_request(
                 line.get("body"),
                 self.settings,
@@ -261,7 +259,7 @@ class BatchRunner:
                 owner=owner,
             )
         except ApiError as error:  # e.g. a referenced file was deleted since validation
-            failure = _error_line(line.get("custom_id"), error.code, error.message)
+            failure = _error_line(custom_id_of(claim.payload), error.code, error.message)
             await self._record(doc, claim, "failed", failure, 0)
             return True
         cost = max(request.job.estimated_neurons(), 1.0) * request.n
@@ -424,6 +422,7 @@ class BatchRunner:
             BATCH_KIND, batch_id, final, when={"finalizer_until": lease_end}
         ):
             await self.store.drop_lines(batch_id)
+            await self.files.blobs.delete(lines_blob_key(batch_id))
             await self.store.delete_doc(ACTIVE_KIND, batch_id)
             log_event("batch_finished", batch=batch_id, status=final["status"], **counts)
 

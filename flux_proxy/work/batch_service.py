@@ -17,6 +17,7 @@ from flux_proxy.image_store import ImageStore
 from flux_proxy.settings import Settings
 from flux_proxy.work.batch_estimates import account_rooms, beyond_any_day, estimate_completion
 from flux_proxy.work.batch_line import LinePool
+from flux_proxy.work.batch_line_store import queued_payloads
 from flux_proxy.work.batch_runner import BatchRunner
 from flux_proxy.work.batches import (
     ACTIVE,
@@ -131,9 +132,11 @@ class BatchService:
         # none), as the lines' answers name it; None for a batch of several models.
         doc["model"] = next(iter(checked.models)) if len(checked.models) == 1 else None
         # Lines first, then the document: a runner never sees a batch without its lines.
-        await self.store.add_lines(
-            batch_id, checked.payloads, window + self.settings.batch_output_ttl
-        )
+        ttl = window + self.settings.batch_output_ttl
+        # Big lines (data: URLs) go to the batch's lines blob on disk; the store queues
+        # references to them (`batch_line_store.py`), so Redis never holds the images.
+        queued = await queued_payloads(self.files.blobs, batch_id, checked.payloads, ttl)
+        await self.store.add_lines(batch_id, queued, ttl)
         await self.store.put_doc(BATCH_KIND, batch_id, doc)
         await self.store.put_doc(ACTIVE_KIND, batch_id, {"id": batch_id})
         self.runner.wake()
