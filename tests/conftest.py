@@ -203,11 +203,15 @@ def start_proxy(app, settings: Settings, clock, store, key: str) -> ProxyHandle:
     return ProxyHandle(f"http://127.0.0.1:{port}", key, settings, clock, store, server, thread)
 
 
+OWN_STORE = "own store"  # make_proxy(store=OWN_STORE): the app opens STATE_BACKEND's store
+
+
 @pytest.fixture
 def make_proxy(emulator: EmulatorHandle, tmp_path) -> Iterator[Callable[..., ProxyHandle]]:
     """`make_proxy(**settings_overrides)`: a running proxy on the emulator's three accounts.
 
-    Extra keyword arguments `clock=`, `store=`, `pool=`, `client=` go to `create_app`.
+    Extra keyword arguments `clock=`, `store=`, `pool=`, `client=` go to `create_app`;
+    `store=OWN_STORE` lets the app open the store its settings name (SQLite, Redis).
     """
     started: list[ProxyHandle] = []
 
@@ -232,7 +236,10 @@ def make_proxy(emulator: EmulatorHandle, tmp_path) -> Iterator[Callable[..., Pro
         values.update(overrides)
         settings = Settings(**values)
         clock = clock or FrozenClock(time.time())
-        store = store if store is not None else MemoryStore(clock)
+        if store == OWN_STORE:  # the app opens the store its settings name, as in production
+            store = None
+        elif store is None:
+            store = MemoryStore(clock)
         app = create_app(settings, clock=clock, store=store, pool=pool, client=client)
         key = settings.master_keys[0] if settings.master_keys else ""
         handle = start_proxy(app, settings, clock, store, key)

@@ -133,3 +133,73 @@ def test_a_line_bigger_than_the_keys_whole_day_fails_the_batch_up_front(
         assert submit(dan, "\n".join(json.dumps(x) for x in lines).encode()).status == (
             "in_progress"
         )
+
+
+def test_an_admins_estimate_cannot_name_another_keys_image_file(make_proxy, tmp_path, png):
+    # As `batches.create` checks a line's files as the batch owner's own, so does the estimate:
+    # an admin's estimate naming Erin's image must not price a batch that could never run.
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        '[[keys]]\nname = "erin"\nkey = "fpx-erin-key-0123456789abcdef"\nrole = "user"\n'
+    )
+    proxy = make_proxy(data_dir=tmp_path / "data", api_keys_file=keys)
+    with openai.OpenAI(
+        base_url=proxy.base_url, api_key="fpx-erin-key-0123456789abcdef", max_retries=0
+    ) as erin:
+        theirs = erin.files.create(file=("ref.png", png()), purpose="vision")
+    body = {"model": "flux-2-klein-4b", "prompt": "p", "image_file_ids": [theirs.id]}
+    with openai.OpenAI(base_url=proxy.base_url, api_key=proxy.key, max_retries=0) as admin:
+        with pytest.raises(openai.BadRequestError) as refused:
+            admin.post(
+                "/batches/estimate",
+                body={"endpoint": "/v1/images/edits", "bodies": [body]},
+                cast_to=object,
+            )
+        error = refused.value.body
+        assert (error["param"], error["code"]) == ("bodies[0].image_file_ids", "file_not_found")
+        own = admin.files.create(file=("mine.png", png()), purpose="vision")
+        body["image_file_ids"] = [own.id]
+        answer = admin.post(
+            "/batches/estimate",
+            body={"endpoint": "/v1/images/edits", "bodies": [body]},
+            cast_to=object,
+        )
+        assert answer["lines"] == 1
+
+
+def test_the_completion_window_is_stored_as_the_validation_read_it(client):
+    for sent, kept in ((" 24h ", "24h"), ("48H", None), ("7d\n", "7d"), ("2 d", "2d")):
+        uploaded = client.files.create(
+            file=("in.jsonl", jsonl_of(generation_lines(1))), purpose="batch"
+        )
+        if kept is None:
+            with pytest.raises(openai.BadRequestError):
+                client.batches.create(
+                    input_file_id=uploaded.id,
+                    endpoint="/v1/images/generations",
+                    completion_window=sent,
+                )
+            continue
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window=sent
+        )
+        assert batch.completion_window == kept
+        assert client.batches.retrieve(batch.id).completion_window == kept
+        client.batches.cancel(batch.id)
+
+
+def test_a_batch_that_failed_validation_counts_no_requests(client, emulator):
+    # OpenAI's failed-validation batch ran nothing: request_counts is all zeros, the bad
+    # lines are in `errors`.
+    lines = generation_lines(3)
+    lines[1]["method"] = "GET"
+    batch = submit(client, jsonl_of(lines))
+    assert batch.status == "failed" and [e.line for e in batch.errors.data] == [2]
+    for seen in (batch, client.batches.retrieve(batch.id)):
+        counts = seen.request_counts
+        assert (counts.total, counts.completed, counts.failed) == (0, 0, 0)
+    assert emulator.calls() == []
+
+
+def jsonl_of(lines: list[dict]) -> bytes:
+    return "\n".join(json.dumps(x) for x in lines).encode()

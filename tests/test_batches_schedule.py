@@ -303,10 +303,39 @@ def test_a_line_no_account_could_pay_for_in_a_day_fails_the_batch_up_front(
         )
         assert batch.status == "failed", batch
         assert [(e.line, e.code) for e in batch.errors.data] == [(2, "exceeds_daily_budget")]
-        assert batch.request_counts.total == 3
+        assert batch.request_counts.total == 0  # OpenAI counts no request in a failed batch
         lines[1]["body"]["n"] = 3  # a whole day's budget: it runs
         uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
         fits = client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="7d"
         )
         assert fits.status == "in_progress", fits.errors
+
+
+def test_a_line_too_dear_for_today_lets_the_smaller_lines_behind_it_go_first(
+    emulator, make_proxy, tmp_path
+):
+    clock = FrozenClock(_day(2026, 3, 10, 9))
+    proxy = _one_account(emulator, make_proxy, tmp_path, clock, daily_neurons=3 * PRICE + 1)
+    lines = generation_lines(4)
+    lines[1]["body"]["n"] = 3  # a whole day's budget: after line 0 it waits for tomorrow
+    with _client(proxy) as client:
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="72h"
+        )
+        # Day one: lines 0, 2 and 3 (one image each) fit; line 1 (three images) does not.
+        _settles(emulator, 3)
+        day_one = client.batches.retrieve(batch.id)
+        assert day_one.status == "in_progress" and day_one.request_counts.completed == 3
+
+        clock.set(next_utc_midnight(clock.now()) + 60)  # day two: room for line 1's three
+        done = wait_for(client, batch.id, ("completed",))
+        assert done.request_counts.completed == 4
+        kept = output_lines(client, done.output_file_id)
+    assert sorted(line["custom_id"] for line in kept) == [f"line-{i}" for i in range(4)]
+    assert [
+        len(line["response"]["body"]["data"]) for line in kept if line["custom_id"] == "line-1"
+    ] == [3]
+    calls = emulator.calls()
+    assert len(calls) == 6 and all(call["status"] == 200 for call in calls)  # each image once

@@ -139,3 +139,17 @@ async def test_the_resilient_store_refuses_batch_state_while_redis_is_away(clock
                 await call
     finally:
         await store.close()
+
+
+async def test_a_released_line_waits_behind_the_lines_not_handed_out_yet(store):
+    # The runner hands back a line it cannot run now (too dear for today): the next claim
+    # must be another line, or that one line would hold the whole batch up.
+    await store.add_lines("b5", ['{"n": 0}', '{"n": 1}', '{"n": 2}'], TTL)
+    dear = await store.claim_line("b5", "w1", 60)
+    assert dear.index == 0
+    await store.release_line(dear)
+    assert (await store.claim_line("b5", "w1", 60)).index == 1
+    assert (await store.claim_line("b5", "w1", 60)).index == 2
+    again = await store.claim_line("b5", "w1", 60)  # only then the line handed back
+    assert again is not None and again.index == 0 and again.payload == '{"n": 0}'
+    assert await store.claim_line("b5", "w1", 60) is None

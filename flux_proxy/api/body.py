@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import Request
 
@@ -43,6 +43,19 @@ class _InMemoryMultiPartParser(MultiPartParser):
     # Keep files in memory (the body limit already bounds them) instead of spooling every
     # file over 1 MB to disk through a thread pool.
     spool_max_size = 256 * 1024 * 1024
+    ended = False  # the closing boundary arrived
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    async def parse(self) -> FormData:
+        form = await super().parse()
+        if not self.ended:
+            # Neither Starlette nor python-multipart checks this: a body cut short would
+            # hand on a truncated image (or none) as if the form were whole.
+            await form.close()
+            raise MultiPartException("it ends before its closing boundary")
+        return form
 
 
 def media_type_of(headers: Headers) -> str:

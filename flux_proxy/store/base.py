@@ -367,12 +367,15 @@ class BatchStateStore(Protocol):
         ...
 
     async def claim_line(self, batch: str, worker: str, lease: float) -> LineClaim | None:
-        """A line nobody holds: a new one, or one held longer than `lease` seconds (its
-        runner died). Every runner passes the same lease, the `BATCH_LINE_LEASE_SECONDS` setting."""
+        """A line nobody holds: first one held longer than `lease` seconds (its runner died),
+        else one not handed out yet, and only then one handed back (`release_line`), so a
+        line a runner could not run now never keeps the lines behind it waiting. Every
+        runner passes the same lease, the `BATCH_LINE_LEASE_SECONDS` setting."""
         ...
 
     async def release_line(self, claim: LineClaim) -> None:
-        """Give an unfinished line back, to be claimed again at once (it was not run)."""
+        """Give an unfinished line back (it was not run): it may be claimed again at once,
+        behind the lines not handed out yet."""
         ...
 
     async def finish_line(

@@ -342,13 +342,18 @@ class MemoryStore:
 
     async def claim_line(self, batch: str, worker: str, lease: float) -> LineClaim | None:
         now = self._clock.now()
-        for index, line in enumerate(self._lines.get(batch, ())):
-            free = line.holder is None or line.lease_until <= now
-            if line.outcome is None and free:
-                line.holder, line.lease_until = worker, now + lease
-                line.claims += 1
-                return LineClaim(batch, index, line.payload, f"{worker}/{line.claims}")
-        return None
+        open_lines = [
+            (index, line)
+            for index, line in enumerate(self._lines.get(batch, ()))
+            if line.outcome is None and (line.holder is None or line.lease_until <= now)
+        ]
+        if not open_lines:
+            return None
+        # As SQLite: a dead holder's line first, then the line tried fewest times.
+        index, line = min(open_lines, key=lambda x: (x[1].holder is None, x[1].claims, x[0]))
+        line.holder, line.lease_until = worker, now + lease
+        line.claims += 1
+        return LineClaim(batch, index, line.payload, f"{worker}/{line.claims}")
 
     async def release_line(self, claim: LineClaim) -> None:
         line = self._line(claim)

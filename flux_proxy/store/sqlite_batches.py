@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS batch_lines (
     PRIMARY KEY (batch, idx)
 );
 CREATE INDEX IF NOT EXISTS batch_lines_open ON batch_lines (batch, outcome, lease_until);
+CREATE INDEX IF NOT EXISTS batch_lines_by_tries ON batch_lines (batch, claims, idx)
+    WHERE outcome IS NULL;
 """
 
 
@@ -107,12 +109,21 @@ class SqliteBatches:
         now = self._clock.now()
 
         def claim(conn: sqlite3.Connection) -> LineClaim | None:
-            row = conn.execute(
-                "SELECT idx, payload, claims FROM batch_lines "
-                "WHERE batch = ? AND outcome IS NULL AND (holder IS NULL OR lease_until <= ?) "
-                "ORDER BY idx LIMIT 1",
-                (batch, now),
-            ).fetchone()
+            # A dead holder's line first; then the line tried fewest times, so a line handed
+            # back unrun (e.g. too dear for today) waits behind the lines not tried yet.
+            row = (
+                conn.execute(
+                    "SELECT idx, payload, claims FROM batch_lines WHERE batch = ? "
+                    "AND outcome IS NULL AND holder IS NOT NULL AND lease_until <= ? LIMIT 1",
+                    (batch, now),
+                ).fetchone()
+                or conn.execute(
+                    "SELECT idx, payload, claims FROM batch_lines "
+                    "WHERE batch = ? AND outcome IS NULL AND holder IS NULL "
+                    "ORDER BY claims, idx LIMIT 1",
+                    (batch,),
+                ).fetchone()
+            )
             if row is None:
                 return None
             index, payload, claims = row

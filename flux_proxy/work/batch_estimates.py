@@ -20,6 +20,7 @@ from flux_proxy.work.batches import (
     MAX_REPORTED_ERRORS,
     CheckedInput,
     error_entry,
+    line_owner,
     line_request,
     unsupported_endpoint,
 )
@@ -141,7 +142,7 @@ async def estimate(
     for index, body in enumerate(bodies):
         try:
             request = await line_request(
-                body, settings, edit=ENDPOINTS[endpoint], files=files, owner=owner
+                body, settings, edit=ENDPOINTS[endpoint], files=files, owner=line_owner(owner)
             )
         except ApiError as error:
             error.param = f"bodies[{index}].{error.param}" if error.param else f"bodies[{index}]"

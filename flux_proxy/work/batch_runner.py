@@ -15,6 +15,9 @@ through the account pool, as budgets allow, over as many days as it takes.
   A line handed back unrun does not wake the runner (that would spin on a refusal); and
   when the batch's owner key is past its daily quota, the owner's batches rest until the
   quota's reset instead of claiming a line per look.
+- A line too dear for every account's room today is handed back and the next lines are
+  tried in its place (the store hands out lines not tried yet first), so smaller lines go
+  ahead of it; at most `SKIP_LINES` a look per batch, never a scan of the batch.
 - Batches take turns line by line (round robin). A cancelled or expired batch's unclaimed
   lines are closed at once without a call; lines already running finish.
 - Whoever records a batch's last line assembles its output and error files, once: a lease
@@ -30,11 +33,8 @@ import logging
 import os
 import secrets
 import socket
-from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
-
-import orjson
 
 from flux_proxy.api.caller import Caller
 from flux_proxy.api.generate import finish_all
@@ -48,6 +48,8 @@ from flux_proxy.metrics import Metrics
 from flux_proxy.settings import Settings
 from flux_proxy.store.base import LineClaim, StoreUnavailable
 from flux_proxy.work.batch_estimates import AccountRoom, account_rooms, batch_slots, budget_reserve
+from flux_proxy.work.batch_line import run_line
+from flux_proxy.work.batch_line_store import custom_id_of, line_of, lines_blob_key
 from flux_proxy.work.batches import (
     ACTIVE,
     ACTIVE_KIND,
@@ -60,60 +62,13 @@ from flux_proxy.work.batches import (
     request_counts,
 )
 from flux_proxy.work.files import FileStore
-from flux_proxy.work.results import WorkResult
 
 # Pool answers that mean "not now" (no account could take it): the line goes back unrun.
 RETRY_LATER = (409, 429, 502, 503)  # 409: the line's earlier work is still in flight
 FINALIZE_LEASE = 120.0
-
-
-# The accounts the runner chose for the line being made, and the neurons it must leave, seen
-# by `_LinePool` inside the work layer (whose tasks inherit the context).
-_LINE_LIMITS: ContextVar[tuple[tuple[int, ...], float] | None] = ContextVar(
-    "batch_line_limits", default=None
-)
-
-
-class LinePool:
-    """The pool as the batch runner's work layer sees it: within a line, only the account the
-    runner chose, keeping the live reserve back; otherwise the pool itself."""
-
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
-
-    async def generate(self, job, *, request_id: str, progress=None):
-        limits = _LINE_LIMITS.get()
-        if limits is None:
-            return await self._pool.generate(job, request_id=request_id, progress=progress)
-        accounts, keep_back = limits
-        return await self._pool.generate(
-            job, request_id=request_id, progress=progress, accounts=accounts, keep_back=keep_back
-        )
-
-
-async def run_line(
-    work: Any,
-    image_request: ImageRequest,
-    *,
-    caller: str,
-    request_id: str,
-    line_key: str,
-    accounts: list[int],
-    keep_back: float,
-) -> WorkResult:
-    """The one place a batch line asks for its images: through the work layer, with the line
-    as its Idempotency-Key, so a line taken over from a dead runner collects the images that
-    runner already paid for (kept RESULT_TTL_SECONDS) instead of paying again."""
-    token = _LINE_LIMITS.set((tuple(accounts), keep_back))
-    try:
-        return await work.produce(
-            image_request, caller=caller, request_id=request_id, idempotency_key=line_key
-        )
-    finally:
-        _LINE_LIMITS.reset(token)
+# Lines too dear for today a runner hands back in one look before it leaves a batch be: enough
+# to get past a few big lines, never a scan of a 50,000-line batch every poll.
+SKIP_LINES = 16
 
 
 class BatchRunner:
@@ -234,8 +189,7 @@ class BatchRunner:
         )
         lease = self.settings.batch_line_lease_seconds
         while (claim := await self.store.claim_line(doc["id"], self.worker, lease)) is not None:
-            line = orjson.loads(claim.payload)
-            result = _error_line(line.get("custom_id"), code, message)
+            result = _error_line(custom_id_of(claim.payload), code, message)
             await self._record(doc, claim, outcome, result, 0.0)
 
     async def _dispatch(self, docs: list[dict]) -> None:
@@ -270,17 +224,38 @@ class BatchRunner:
         ]
 
     async def _start_one(self, doc: dict, rooms: dict[int, AccountRoom]) -> bool:
-        """Claim and start one line of `doc`; False when it has none to run now."""
-        if not _fits_any(doc.get("line_neurons", 1.0), rooms):
-            return False  # not even a typical line fits: do not touch the queue
-        claim = await self.store.claim_line(
-            doc["id"], self.worker, self.settings.batch_line_lease_seconds
-        )
-        if claim is None:
-            return False
-        line = orjson.loads(claim.payload)
+        """Claim and start one line of `doc`; False when it has none to run now.
+
+        A line too dear for every account's room today is handed back, and the store hands
+        out the lines not tried yet before it (`claim_line`): the next few are tried in its
+        place (at most SKIP_LINES a look), so one dear line does not hold up cheaper ones."""
+        cheapest = doc.get("cheapest_line_neurons", doc.get("line_neurons", 1.0))
+        if not _fits_any(cheapest, rooms):
+            return False  # not even the cheapest line fits: do not touch the queue
+        skipped: set[int] = set()
+        while len(skipped) < SKIP_LINES:
+            claim = await self.store.claim_line(
+                doc["id"], self.worker, self.settings.batch_line_lease_seconds
+            )
+            if claim is None:
+                return False
+            if claim.index in skipped:  # round the batch's open lines once: none fits
+                await self.store.release_line(claim)
+                return False
+            started = await self._start_claimed(doc, claim, rooms)
+            if started:
+                return True
+            skipped.add(claim.index)
+        return False
+
+    async def _start_claimed(
+        self, doc: dict, claim: LineClaim, rooms: dict[int, AccountRoom]
+    ) -> bool:
+        """Start the claimed line on the account with most room; False (and the line handed
+        back) when no account can cover it today."""
         owner = Caller(doc["owner"], "user")
         try:
+            line = await line_of(self.files.blobs, doc["id"], claim.payload)
             request = await line_request(
                 line.get("body"),
                 self.settings,
@@ -289,7 +264,7 @@ class BatchRunner:
                 owner=owner,
             )
         except ApiError as error:  # e.g. a referenced file was deleted since validation
-            failure = _error_line(line.get("custom_id"), error.code, error.message)
+            failure = _error_line(custom_id_of(claim.payload), error.code, error.message)
             await self._record(doc, claim, "failed", failure, 0)
             return True
         cost = max(request.job.estimated_neurons(), 1.0) * request.n
@@ -452,6 +427,7 @@ class BatchRunner:
             BATCH_KIND, batch_id, final, when={"finalizer_until": lease_end}
         ):
             await self.store.drop_lines(batch_id)
+            await self.files.blobs.delete(lines_blob_key(batch_id))
             await self.store.delete_doc(ACTIVE_KIND, batch_id)
             log_event("batch_finished", batch=batch_id, status=final["status"], **counts)
 

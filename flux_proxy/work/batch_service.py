@@ -6,7 +6,7 @@ document, so `batches.retrieve` shows progress as it happens on any replica.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +16,21 @@ from flux_proxy.errors import ApiError, invalid
 from flux_proxy.image_store import ImageStore
 from flux_proxy.settings import Settings
 from flux_proxy.work.batch_estimates import account_rooms, beyond_any_day, estimate_completion
-from flux_proxy.work.batch_runner import BatchRunner, LinePool
+from flux_proxy.work.batch_line import LinePool
+from flux_proxy.work.batch_line_store import queued_payloads
+from flux_proxy.work.batch_runner import BatchRunner
 from flux_proxy.work.batches import (
     ACTIVE,
     ACTIVE_KIND,
     BATCH_KIND,
     ENDPOINTS,
     check_input,
+    completion_window,
     finished_lines,
+    line_owner,
     new_batch_id,
     public_batch,
     unsupported_endpoint,
-    window_seconds,
 )
 from flux_proxy.work.file_blobs import DiskBlobs
 from flux_proxy.work.files import FileStore, sort_key
@@ -58,7 +61,7 @@ class BatchService:
         endpoint = body.get("endpoint")
         if endpoint not in ENDPOINTS:
             raise unsupported_endpoint(endpoint)
-        window = window_seconds(body.get("completion_window", "24h"))
+        window, window_label = completion_window(body.get("completion_window", "24h"))
         metadata = _metadata(body.get("metadata"))
         file_id = body.get("input_file_id")
         if not isinstance(file_id, str) or not file_id:
@@ -69,10 +72,7 @@ class BatchService:
                 f"file {file_id[:80]} has purpose {file_doc['purpose']!r}, not 'batch'",
                 param="input_file_id",
             )
-        # Lines are checked as the runner will run them: as their owner's own (an admin's
-        # line cannot name another key's image file, which the runner could not read).
-        owner = replace(caller, role="user")
-        checked = await check_input(data, endpoint, self.settings, self.files, owner)
+        checked = await check_input(data, endpoint, self.settings, self.files, line_owner(caller))
         total = len(checked.payloads) + len(checked.errors)
         if not checked.errors:
             rooms = await account_rooms(
@@ -87,7 +87,7 @@ class BatchService:
             "endpoint": endpoint,
             "model": None,
             "input_file_id": file_id,
-            "completion_window": body.get("completion_window", "24h"),
+            "completion_window": window_label,
             "status": "in_progress",
             "output_file_id": None,
             "error_file_id": None,
@@ -112,12 +112,15 @@ class BatchService:
             "owner": caller.name,
             "base_url": base_url,
             "line_neurons": sum(checked.neurons) / len(checked.neurons) if checked.neurons else 0,
+            "cheapest_line_neurons": min(checked.neurons, default=0),
             "typical_seconds": checked.typical_seconds,
             "sort_key": sort_key(now),
         }
         if checked.errors:
-            # One bad line fails the whole batch before anything is queued: nothing is spent.
+            # One bad line fails the whole batch before anything is queued: nothing is spent,
+            # and (as OpenAI counts a batch that failed validation) no request is counted.
             doc |= {
+                "request_counts": {"total": 0, "completed": 0, "failed": 0},
                 "status": "failed",
                 "failed_at": int(now),
                 "errors": {"object": "list", "data": checked.errors},
@@ -129,9 +132,11 @@ class BatchService:
         # none), as the lines' answers name it; None for a batch of several models.
         doc["model"] = next(iter(checked.models)) if len(checked.models) == 1 else None
         # Lines first, then the document: a runner never sees a batch without its lines.
-        await self.store.add_lines(
-            batch_id, checked.payloads, window + self.settings.batch_output_ttl
-        )
+        ttl = window + self.settings.batch_output_ttl
+        # Big lines (data: URLs) go to the batch's lines blob on disk; the store queues
+        # references to them (`batch_line_store.py`), so Redis never holds the images.
+        queued = await queued_payloads(self.files.blobs, batch_id, checked.payloads, ttl)
+        await self.store.add_lines(batch_id, queued, ttl)
         await self.store.put_doc(BATCH_KIND, batch_id, doc)
         await self.store.put_doc(ACTIVE_KIND, batch_id, {"id": batch_id})
         self.runner.wake()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -40,14 +40,16 @@ _INTERNAL = (
     "owner",
     "base_url",
     "line_neurons",
+    "cheapest_line_neurons",
     "typical_seconds",
     "finalizer_until",
     "sort_key",
 )
 
 
-def window_seconds(value: Any) -> int:
-    """`24h` as OpenAI has it, and longer windows (`48h`, `72h`, `7d`, ... up to `30d`)."""
+def completion_window(value: Any) -> tuple[int, str]:
+    """`24h` as OpenAI has it, and longer windows (`48h`, `72h`, `7d`, ... up to `30d`):
+    (seconds, the window as it is stored and shown, e.g. " 24h " → "24h")."""
     match = _WINDOW.match(value) if isinstance(value, str) else None
     seconds = int(match.group(1)) * (3600 if match.group(2) == "h" else 86400) if match else 0
     if not 86400 <= seconds <= MAX_WINDOW:
@@ -56,7 +58,14 @@ def window_seconds(value: Any) -> int:
             "(at most 30d)",
             param="completion_window",
         )
-    return seconds
+    return seconds, f"{int(match.group(1))}{match.group(2)}"
+
+
+def line_owner(caller: Caller) -> Caller:
+    """Whom a batch's lines are checked as: their owner's own, as the runner will run them
+    (an admin's line cannot name another key's image file, which the runner could not read).
+    Creating a batch and estimating one both check lines so."""
+    return replace(caller, role="user")
 
 
 # --- lines ------------------------------------------------------------------------------------

@@ -96,6 +96,23 @@ class DiskBlobs:
         except (FileNotFoundError, ValueError, KeyError):
             return None
 
+    async def read_range(self, key: str, offset: int, length: int) -> bytes | None:
+        """`length` bytes of the blob from `offset` (a batch's big line), or None when the
+        blob is missing or expired; reads only those bytes."""
+        try:
+            path = self._path(key)
+        except ValueError:
+            return None
+        return await asyncio.to_thread(self._read_range, path, offset, length, self._clock.now())
+
+    def _read_range(self, path: Path, offset: int, length: int, now: float) -> bytes | None:
+        opened = self._open(path, now)
+        if opened is None:
+            return None
+        with opened[0] as data:
+            data.seek(offset)
+            return data.read(length)
+
     async def delete(self, key: str) -> None:
         path = self._path(key)
         await asyncio.to_thread(_unlink_pair, path)
