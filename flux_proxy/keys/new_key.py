@@ -1,8 +1,9 @@
 """`flux-proxy keys new NAME [--role user] [--daily-images N] [--daily-neurons N]
-[--model M ...]`: a fresh random key, printed once, and the `[[keys]]` block to paste into
-API_KEYS_FILE, which holds only the key's SHA-256. The block is read back as the proxy will
-read it (with this environment's MODEL_ALIASES) before anything is shown, so a model name the
-proxy would refuse is an error here, not a keys file that no longer loads."""
+[--model M ...]`: the `[[keys]]` block for API_KEYS_FILE (only the key's SHA-256) on stdout,
+and the fresh random key, printed once, on stderr, so `>> keys.toml` is safe. The block is
+read back as the proxy will read it (with this environment's MODEL_ALIASES) before anything is
+shown, so a model name the proxy would refuse is an error here, not a keys file that no longer
+loads."""
 
 from __future__ import annotations
 
@@ -71,9 +72,16 @@ def run(args: argparse.Namespace) -> int:
     except KeysFileError as error:
         print(f"flux-proxy keys new: {error}", file=sys.stderr)
         return 2
-    print(f"# The key for {name!r}, shown this once (only its hash is kept):")
-    print(key)
-    print()
-    print("# Add this to API_KEYS_FILE; the proxy picks it up without a restart:")
-    print(block)
+    # stdout carries the block alone, so `keys new alice >> keys.toml` appends a valid table
+    # (the blank line first keeps it apart from a file that ends without a newline) and never
+    # writes the key into the file. The key and the instructions go to stderr: the terminal
+    # shows them even when stdout is redirected.
+    print(f"\n{block}", flush=True)
+    print(
+        f"flux-proxy keys new: the key for {name!r}, shown this once (only its hash is kept):\n"
+        f"{key}\n"
+        "Its [[keys]] block is on stdout: append it with `flux-proxy keys new ... >> keys.toml`, "
+        "or paste it into API_KEYS_FILE; the proxy picks it up without a restart.",
+        file=sys.stderr,
+    )
     return 0
