@@ -34,17 +34,6 @@ _UNHELD = itertools.count(1)  # ids of the holds of keys without limits
 
 
 def model_not_allowed(caller: Caller, model: ModelSpec) -> ApiError:
-    """The 403 for a model outside the key's `models` (also a batch line's, up front)."""
-    return ApiError(
-        403,
-        f"this API key ({caller.name}) may not use the model {model.short_name!r} "
-        f"({model.id}); ask an admin to add it to the key's `models`",
-        param="model",
-        code="model_not_allowed",
-    )
-
-
-def model_not_allowed(caller: Caller, model: ModelSpec) -> ApiError:
     """The 403 for a model outside the key's `models` (live requests, and batch lines when
     the batch is validated)."""
     return ApiError(
