@@ -119,6 +119,27 @@ def test_a_user_key_sees_its_own_quota_and_days_and_no_account_detail(page, team
     expect(page.locator("#status")).to_contain_text("3 available")
 
 
+def test_a_keys_models_are_named_as_people_type_them_with_the_id_in_a_tooltip(
+    page, make_proxy, tmp_path, emulator
+):
+    keys = tmp_path / "keys.toml"
+    digest = hashlib.sha256(ALICE_KEY.encode()).hexdigest()
+    keys.write_text(
+        f'[[keys]]\nname = "alice"\nkey_sha256 = "{digest}"\nrole = "user"\n'
+        'models = ["flux-1-schnell", "@cf/black-forest-labs/flux-2-klein-4b"]\n'
+    )
+    proxy = make_proxy(api_keys_file=keys)
+    listed = httpx.get(f"{proxy.base_url}/models", headers={"Authorization": f"Bearer {proxy.key}"})
+    short = {m["id"]: m["short_name"] for m in listed.json()["data"]}
+    open_view(page, proxy.url, ALICE_KEY, "usage")
+    names = page.locator("#usage-quota .quota-model")
+    expect(names).to_have_count(2)
+    shown = {names.nth(i).inner_text(): names.nth(i).get_attribute("title") for i in range(2)}
+    assert shown == {short[i]: i for i in shown.values()}
+    assert set(shown) == {"flux-1-schnell", "flux-2-klein-4b"}
+    expect(page.locator("#usage-quota")).not_to_contain_text("@cf/")
+
+
 def _overlaps(a: dict, b: dict) -> bool:
     return (
         a["x"] < b["x"] + b["width"]

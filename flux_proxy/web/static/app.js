@@ -91,6 +91,7 @@ async function loadModels() {
     if (!models.length) throw new ApiFailure("The proxy lists no models.");
     controls.setModels(models, state.defaultModel);
     batches.setModels(models, state.defaultModel);
+    usage.setModels(models);
     state.modelsLoaded = true;
     state.modelsProblem = null;
     keyDialog.setState(apiKey.get() ? "ok" : "none-needed");

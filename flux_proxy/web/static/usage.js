@@ -62,6 +62,14 @@ export class UsageView {
     };
     root.querySelector("#usage-refresh").addEventListener("click", () => this.refresh());
     this.loading = null;
+    this.shortNames = new Map(); // model id -> the short name people type (from /v1/models)
+    this.quota = null;
+  }
+
+  /** /v1/models entries: the quota panel names a key's models as people type them. */
+  setModels(models) {
+    this.shortNames = new Map(models.filter((m) => m?.id && m.short_name).map((m) => [m.id, m.short_name]));
+    if (this.quota) this.renderQuota(this.quota);
   }
 
   show() {
@@ -133,9 +141,20 @@ export class UsageView {
         h("span", { class: `state role-${quota.role}`, text: quota.role || "user" }),
       ),
       ...rows,
-      ...(Array.isArray(quota.models) ? [h("p", { class: "hint", text: `Models: ${quota.models.join(", ")}` })] : []),
+      ...(Array.isArray(quota.models) ? [this.modelList(quota.models)] : []),
     );
+    this.quota = quota;
     section.hidden = false;
+  }
+
+  /** "Models: flux-2-dev, …", short names with each full id in a tooltip. */
+  modelList(ids) {
+    const names = ids.map((id) => {
+      const short = this.shortNames.get(id) || String(id).split("/").pop();
+      return h("span", { class: "mono quota-model", title: id, dataset: { id }, text: short });
+    });
+    const parts = names.flatMap((name, index) => (index ? [", ", name] : [name]));
+    return h("p", { class: "hint quota-models" }, "Models: ", ...(parts.length ? parts : ["none"]));
   }
 
   /** Per account: neurons per day (one small chart each) and today's remaining budget. */
