@@ -140,6 +140,21 @@ def test_a_keys_models_are_named_as_people_type_them_with_the_id_in_a_tooltip(
     expect(page.locator("#usage-quota")).not_to_contain_text("@cf/")
 
 
+def test_a_user_keys_accounts_popover_gives_the_summary_not_an_empty_table(
+    page, team_proxy, emulator
+):
+    open_view(page, team_proxy.url, ALICE_KEY, "generate")
+    page.click(".status-menu summary")
+    details = page.locator("#accounts-details")
+    expect(details).to_be_visible()
+    expect(details).to_contain_text("3 accounts")
+    expect(details).to_contain_text("3 available")
+    expect(details).to_contain_text("admin keys")
+    expect(details).not_to_contain_text("0 accounts")
+    expect(details).not_to_contain_text("@cf/")
+    expect(details.locator("table")).to_have_count(0)  # no empty per-account table
+
+
 def _overlaps(a: dict, b: dict) -> bool:
     return (
         a["x"] < b["x"] + b["width"]
