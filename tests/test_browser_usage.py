@@ -155,6 +155,26 @@ def test_a_user_keys_accounts_popover_gives_the_summary_not_an_empty_table(
     expect(details.locator("table")).to_have_count(0)  # no empty per-account table
 
 
+def test_a_user_key_past_its_quota_is_told_its_own_quota_is_spent_not_the_accounts(
+    page, team_proxy, emulator
+):
+    make_images(team_proxy, ALICE_KEY, 3)  # her daily_images
+    page.goto(f"{team_proxy.url}/#generate")
+    # The key dialog speaks to people given a named key, not only to the master key's owner.
+    expect(page.locator("#key-dialog")).to_contain_text("keys new")
+    page.fill("#key-input", ALICE_KEY)
+    page.click("#key-save")
+    expect(page.locator("#model option")).not_to_have_count(0)
+    calls = len(emulator.calls())
+    page.fill("#prompt", "one more lantern")
+    page.click("#generate")
+    message = page.locator("#message")
+    expect(message).to_contain_text("Your key's daily quota is used up (429)")
+    expect(message).to_contain_text("daily_images")
+    expect(message).not_to_contain_text("No account")
+    assert len(emulator.calls()) == calls
+
+
 def _overlaps(a: dict, b: dict) -> bool:
     return (
         a["x"] < b["x"] + b["width"]
