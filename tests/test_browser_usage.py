@@ -169,7 +169,7 @@ def test_a_user_key_past_its_quota_is_told_its_own_quota_is_spent_not_the_accoun
     page.fill("#prompt", "one more lantern")
     page.click("#generate")
     message = page.locator("#message")
-    expect(message).to_contain_text("Your key's daily quota is used up (429)")
+    expect(message).to_contain_text("Over your key's daily quota (429)")
     expect(message).to_contain_text("daily_images")
     expect(message).not_to_contain_text("No account")
     assert len(emulator.calls()) == calls

@@ -182,7 +182,7 @@ export function describeFailure(error) {
     case 429: {
       const wait = error.retryAfter !== null ? ` Try again in ${formatWait(error.retryAfter)}.` : "";
       // The key's own quota, not the pool: no account is at fault and none will free up.
-      if (error.code === "key_quota_exceeded") return `Your key's daily quota is used up (429): ${error.message}${wait}`;
+      if (error.code === "key_quota_exceeded") return `Over your key's daily quota (429): ${error.message}${wait}`;
       return `No account can take this right now (429): ${error.message}${wait}`;
     }
     default:
