@@ -111,11 +111,19 @@ async function loadModels() {
   updateGenerateButton();
 }
 
+// What one key read (its batches, its usage) is not shown to the next.
+function forgetKeysViews() {
+  batches.reset();
+  usage.reset();
+}
+
 const keyDialog = new KeyDialog({
   onSaved: () => {
     clearMessage();
+    forgetKeysViews();
     loadModels();
   },
+  onForgotten: forgetKeysViews,
 });
 
 // --- the form -------------------------------------------------------------------------------

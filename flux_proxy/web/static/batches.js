@@ -492,10 +492,28 @@ export class BatchesView {
     clearTimeout(this.timer);
   }
 
+  /** Another key (or none): its batches are not this one's, so none stay on the page. */
+  reset() {
+    clearTimeout(this.timer);
+    this.cards.clear();
+    this.list.replaceChildren();
+    this.empty.hidden = false;
+    this.message.hidden = true;
+  }
+
   async refresh() {
     clearTimeout(this.timer);
     try {
-      this.upsert(await listBatches());
+      const listed = await listBatches();
+      // The list is what this key may see: a card it no longer lists goes.
+      const ids = new Set(listed.map((batch) => batch.id));
+      for (const [id, card] of this.cards) {
+        if (!ids.has(id)) {
+          card.node.remove();
+          this.cards.delete(id);
+        }
+      }
+      this.upsert(listed);
       this.message.hidden = true;
     } catch (error) {
       this.message.hidden = false;

@@ -76,6 +76,16 @@ export class UsageView {
     this.refresh();
   }
 
+  /** Another key (or none): nothing read with the old one stays on the page. */
+  reset() {
+    this.quota = null;
+    for (const section of Object.values(this.sections)) {
+      section.hidden = true;
+      section.querySelector(".usage-body")?.replaceChildren();
+    }
+    this.message.hidden = true;
+  }
+
   hide() {}
 
   refresh() {
