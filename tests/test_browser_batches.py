@@ -255,9 +255,12 @@ def test_another_key_entered_in_the_page_sees_only_its_own_batches_and_usage(
     expect(page.locator("#batch-empty")).to_be_visible()
     expect(page.locator(".batch-card")).to_have_count(0)
     expect(page.locator("#view-batches")).not_to_contain_text("private lighthouse")
-    assert httpx.get(
-        f"{proxy.base_url}/batches", headers={"Authorization": f"Bearer {user_key}"}
-    ).json()["data"] == []  # the server never listed it to her: the page kept it
+    assert (
+        httpx.get(
+            f"{proxy.base_url}/batches", headers={"Authorization": f"Bearer {user_key}"}
+        ).json()["data"]
+        == []
+    )  # the server never listed it to her: the page kept it
 
 
 def test_forgetting_the_key_takes_its_batches_off_the_page(page, make_proxy, emulator):
