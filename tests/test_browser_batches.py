@@ -273,3 +273,49 @@ def test_forgetting_the_key_takes_its_batches_off_the_page(page, make_proxy, emu
     page.click("#key-button")
     page.click("#key-forget")
     expect(page.locator(".batch-card")).to_have_count(0)
+
+
+def test_lines_the_estimate_refuses_are_named_and_not_submitted(
+    page, make_proxy, tmp_path, emulator
+):
+    user_key = "fpx-finn-" + "f" * 30
+    keys = tmp_path / "keys.toml"
+    digest = hashlib.sha256(user_key.encode()).hexdigest()
+    keys.write_text(
+        f'[[keys]]\nname = "finn"\nkey_sha256 = "{digest}"\nrole = "user"\n'
+        'models = ["flux-1-schnell"]\n'
+    )
+    proxy = make_proxy(api_keys_file=keys, max_prompt_chars=60, **FAST_RUNNER)
+    open_view(page, proxy.url, user_key, "batches")
+    # Pasted prompts: the third line (after a blank one) is longer than the proxy takes.
+    page.fill("#batch-prompts", "a short one\n\n" + "a much longer prompt " * 5)
+    estimate = page.locator("#batch-estimate")
+    expect(estimate).to_contain_text("No estimate (line 3)")
+    expect(page.locator("#batch-submit")).to_be_disabled()
+    expect(page.locator("#batch-why")).to_contain_text("fix line 3 first")
+    page.fill("#batch-prompts", "a short one\n\nanother short one")
+    expect(estimate).to_contain_text("neurons:")
+    expect(page.locator("#batch-submit")).to_be_enabled()
+
+    # A file: its line is named by custom_id, here asking for a model finn may not use.
+    lines = [
+        {"custom_id": cid, "method": "POST", "url": "/v1/images/generations", "body": body}
+        for cid, body in [
+            ("ok", {"prompt": "a cat", "model": "flux-1-schnell"}),
+            ("dev", {"prompt": "a dog", "model": "flux-2-dev"}),
+        ]
+    ]
+    text = "\n".join(json.dumps(line) for line in lines) + "\n"
+    page.set_input_files(
+        "#batch-file",
+        files=[{"name": "two.jsonl", "mimeType": "text/plain", "buffer": text.encode()}],
+    )
+    expect(estimate).to_contain_text('No estimate (the line with custom_id "dev")')
+    expect(estimate).to_contain_text("flux-2-dev")
+    expect(page.locator("#batch-submit")).to_be_disabled()
+    assert (
+        httpx.get(
+            f"{proxy.base_url}/batches", headers={"Authorization": f"Bearer {user_key}"}
+        ).json()["data"]
+        == []
+    )

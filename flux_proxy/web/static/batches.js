@@ -20,6 +20,7 @@ import { zipFiles } from "./zip.js";
 
 const POLL_MS = 2000;
 const ESTIMATE_DELAY_MS = 350;
+const REFUSED = new Set([400, 403, 404, 413, 422]); // the lines' fault: the batch would fail
 const ACTIVE = new Set(["validating", "in_progress", "finalizing", "cancelling"]);
 const STATUS_LABELS = {
   validating: "validating",
@@ -267,8 +268,18 @@ class BatchForm {
       this.el.estimate.dataset.state = "ok";
     } catch (error) {
       if (error?.name === "AbortError") return;
-      this.el.estimate.textContent = `No estimate: ${describeFailure(error)}`;
+      // The estimate runs the batch's own checks: name the line, as the failed batch would.
+      const index = /^bodies\[(\d+)\]/.exec(error?.param || "");
+      const id = index ? lines[Number(index[1])]?.custom_id : null;
+      // Pasted prompts are named by their line number; a file's lines by their custom_id.
+      const where = id ? (this.file ? `the line with custom_id ${JSON.stringify(id)}` : `line ${Number(id)}`) : null;
+      this.el.estimate.textContent = `No estimate${where ? ` (${where})` : ""}: ${describeFailure(error)}`;
       this.el.estimate.dataset.state = "error";
+      if (error instanceof ApiFailure && REFUSED.has(error.status) && !this.busy) {
+        // Submitted, these lines would only make a failed batch; say so before, not after.
+        this.el.submit.disabled = true;
+        this.el.why.textContent = `The batch would fail validation: fix ${where || "its lines"} first.`;
+      }
     }
   }
 
