@@ -270,6 +270,18 @@ def test_keys_new_appended_to_the_keys_file_adds_a_key_that_works_after_reload(t
         parsed = tomllib.loads(text)  # the file without a final newline still parses
         assert [k["name"] for k in parsed["keys"]] == ["ops", "alice"]
         assert parsed["keys"][1]["key_sha256"] == hashlib.sha256(key.encode()).hexdigest()
+        # The same name again would make the whole file refused: nothing is appended.
+        again = subprocess.run(
+            f"{sys.executable} -m flux_proxy keys new alice >> keys.toml",
+            shell=True,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert again.returncode == 2 and "already has a key named 'alice'" in again.stderr
+        assert keys_file.read_text() == text and "fpx-" not in again.stderr
 
         client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
         deadline = time.monotonic() + 20
