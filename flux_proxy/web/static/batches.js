@@ -486,6 +486,7 @@ export class BatchesView {
     this.cards = new Map();
     this.timer = null;
     this.active = false;
+    this.generation = 0; // counts key changes (reset)
     root.querySelector("#batch-refresh").addEventListener("click", () => this.refresh());
   }
 
@@ -505,6 +506,7 @@ export class BatchesView {
 
   /** Another key (or none): its batches are not this one's, so none stay on the page. */
   reset() {
+    this.generation += 1; // a list still loading for the old key is dropped
     clearTimeout(this.timer);
     this.cards.clear();
     this.list.replaceChildren();
@@ -514,8 +516,10 @@ export class BatchesView {
 
   async refresh() {
     clearTimeout(this.timer);
+    const generation = this.generation;
     try {
       const listed = await listBatches();
+      if (generation !== this.generation) return;
       // The list is what this key may see: a card it no longer lists goes.
       const ids = new Set(listed.map((batch) => batch.id));
       for (const [id, card] of this.cards) {
@@ -527,6 +531,7 @@ export class BatchesView {
       this.upsert(listed);
       this.message.hidden = true;
     } catch (error) {
+      if (generation !== this.generation) return;
       this.message.hidden = false;
       this.message.textContent = describeFailure(error);
     }
