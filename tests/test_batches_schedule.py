@@ -339,3 +339,35 @@ def test_a_line_too_dear_for_today_lets_the_smaller_lines_behind_it_go_first(
     ] == [3]
     calls = emulator.calls()
     assert len(calls) == 6 and all(call["status"] == 200 for call in calls)  # each image once
+
+
+def test_a_batch_is_estimated_at_its_keys_daily_images_not_only_the_pools_budget(
+    emulator, make_proxy, tmp_path
+):
+    key = "fpx-slow-" + "s" * 30
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        f'[[keys]]\nname = "slow"\nkey_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
+        'role = "user"\ndaily_images = 2\n'
+    )
+    clock = FrozenClock(_day(2026, 3, 10, 9))
+    proxy = _one_account(emulator, make_proxy, tmp_path, clock, api_keys_file=keys)
+    auth = {"Authorization": f"Bearer {key}"}
+    bodies = [line["body"] for line in generation_lines(5)]
+    estimate = httpx.post(
+        proxy.base_url + "/batches/estimate",
+        json={"endpoint": "/v1/images/generations", "bodies": bodies},
+        headers=auth,
+        timeout=10,
+    ).json()
+    # The account could make all five today; the key allows 2 a day: 2, 2, then 1.
+    assert estimate["estimated_days"] == 3, estimate
+    finish = datetime.fromtimestamp(estimate["estimated_completion_at"], UTC)
+    assert finish.date().isoformat() == "2026-03-12"
+    with openai.OpenAI(base_url=proxy.base_url, api_key=key, max_retries=0, timeout=30) as client:
+        batch = _submit(client, 5)
+        assert batch.model_extra["estimated_completion_at"] == estimate["estimated_completion_at"]
+        _settles(emulator, 2, seconds=1.0)
+        day_one = client.batches.retrieve(batch.id)  # 3 lines left, none of them today
+        finish = datetime.fromtimestamp(day_one.model_extra["estimated_completion_at"], UTC)
+        assert finish.date().isoformat() == "2026-03-12"

@@ -3,6 +3,7 @@ the emulator: prompts or a JSONL file in, the estimate, progress, cancel, JSONL 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -227,3 +228,94 @@ def test_a_batch_the_proxy_refuses_shows_its_reason_as_text(page, make_proxy, em
     assert page.locator("main b").count() == 0
     assert page.evaluate("window.pwned") is None
     assert emulator.calls() == []
+
+
+def test_another_key_entered_in_the_page_sees_only_its_own_batches_and_usage(
+    page, make_proxy, tmp_path, emulator
+):
+    user_key = "fpx-erin-" + "e" * 30
+    keys = tmp_path / "keys.toml"
+    digest = hashlib.sha256(user_key.encode()).hexdigest()
+    keys.write_text(f'[[keys]]\nname = "erin"\nkey_sha256 = "{digest}"\nrole = "user"\n')
+    proxy = make_proxy(api_keys_file=keys, **FAST_RUNNER)
+    open_view(page, proxy.url, proxy.key, "batches")
+    page.fill("#batch-prompts", "the admin's private lighthouse")
+    expect(page.locator("#batch-submit")).to_be_enabled()
+    page.click("#batch-submit")
+    expect(page.locator(".batch-card")).to_have_count(1)
+    page.click("a[data-view='usage']")
+    expect(page.locator("#usage-accounts")).to_be_visible()
+
+    page.click("#key-button")  # the same browser, now with erin's key
+    page.fill("#key-input", user_key)
+    page.click("#key-save")
+    expect(page.locator("#usage-quota .quota-name")).to_have_text("erin")
+    expect(page.locator("#usage-accounts")).to_be_hidden()
+    page.click("a[data-view='batches']")
+    expect(page.locator("#batch-empty")).to_be_visible()
+    expect(page.locator(".batch-card")).to_have_count(0)
+    expect(page.locator("#view-batches")).not_to_contain_text("private lighthouse")
+    assert (
+        httpx.get(
+            f"{proxy.base_url}/batches", headers={"Authorization": f"Bearer {user_key}"}
+        ).json()["data"]
+        == []
+    )  # the server never listed it to her: the page kept it
+
+
+def test_forgetting_the_key_takes_its_batches_off_the_page(page, make_proxy, emulator):
+    proxy = make_proxy(**FAST_RUNNER)
+    open_view(page, proxy.url, proxy.key, "batches")
+    page.fill("#batch-prompts", "a lighthouse only the key's holder should see")
+    expect(page.locator("#batch-submit")).to_be_enabled()
+    page.click("#batch-submit")
+    expect(page.locator(".batch-card")).to_have_count(1)
+    page.click("#key-button")
+    page.click("#key-forget")
+    expect(page.locator(".batch-card")).to_have_count(0)
+
+
+def test_lines_the_estimate_refuses_are_named_and_not_submitted(
+    page, make_proxy, tmp_path, emulator
+):
+    user_key = "fpx-finn-" + "f" * 30
+    keys = tmp_path / "keys.toml"
+    digest = hashlib.sha256(user_key.encode()).hexdigest()
+    keys.write_text(
+        f'[[keys]]\nname = "finn"\nkey_sha256 = "{digest}"\nrole = "user"\n'
+        'models = ["flux-1-schnell"]\n'
+    )
+    proxy = make_proxy(api_keys_file=keys, max_prompt_chars=60, **FAST_RUNNER)
+    open_view(page, proxy.url, user_key, "batches")
+    # Pasted prompts: the third line (after a blank one) is longer than the proxy takes.
+    page.fill("#batch-prompts", "a short one\n\n" + "a much longer prompt " * 5)
+    estimate = page.locator("#batch-estimate")
+    expect(estimate).to_contain_text("No estimate (line 3)")
+    expect(page.locator("#batch-submit")).to_be_disabled()
+    expect(page.locator("#batch-why")).to_contain_text("fix line 3 first")
+    page.fill("#batch-prompts", "a short one\n\nanother short one")
+    expect(estimate).to_contain_text("neurons:")
+    expect(page.locator("#batch-submit")).to_be_enabled()
+
+    # A file: its line is named by custom_id, here asking for a model finn may not use.
+    lines = [
+        {"custom_id": cid, "method": "POST", "url": "/v1/images/generations", "body": body}
+        for cid, body in [
+            ("ok", {"prompt": "a cat", "model": "flux-1-schnell"}),
+            ("dev", {"prompt": "a dog", "model": "flux-2-dev"}),
+        ]
+    ]
+    text = "\n".join(json.dumps(line) for line in lines) + "\n"
+    page.set_input_files(
+        "#batch-file",
+        files=[{"name": "two.jsonl", "mimeType": "text/plain", "buffer": text.encode()}],
+    )
+    expect(estimate).to_contain_text('No estimate (the line with custom_id "dev")')
+    expect(estimate).to_contain_text("flux-2-dev")
+    expect(page.locator("#batch-submit")).to_be_disabled()
+    assert (
+        httpx.get(
+            f"{proxy.base_url}/batches", headers={"Authorization": f"Bearer {user_key}"}
+        ).json()["data"]
+        == []
+    )

@@ -119,6 +119,62 @@ def test_a_user_key_sees_its_own_quota_and_days_and_no_account_detail(page, team
     expect(page.locator("#status")).to_contain_text("3 available")
 
 
+def test_a_keys_models_are_named_as_people_type_them_with_the_id_in_a_tooltip(
+    page, make_proxy, tmp_path, emulator
+):
+    keys = tmp_path / "keys.toml"
+    digest = hashlib.sha256(ALICE_KEY.encode()).hexdigest()
+    keys.write_text(
+        f'[[keys]]\nname = "alice"\nkey_sha256 = "{digest}"\nrole = "user"\n'
+        'models = ["flux-1-schnell", "@cf/black-forest-labs/flux-2-klein-4b"]\n'
+    )
+    proxy = make_proxy(api_keys_file=keys)
+    listed = httpx.get(f"{proxy.base_url}/models", headers={"Authorization": f"Bearer {proxy.key}"})
+    short = {m["id"]: m["short_name"] for m in listed.json()["data"]}
+    open_view(page, proxy.url, ALICE_KEY, "usage")
+    names = page.locator("#usage-quota .quota-model")
+    expect(names).to_have_count(2)
+    shown = {names.nth(i).inner_text(): names.nth(i).get_attribute("title") for i in range(2)}
+    assert shown == {short[i]: i for i in shown.values()}
+    assert set(shown) == {"flux-1-schnell", "flux-2-klein-4b"}
+    expect(page.locator("#usage-quota")).not_to_contain_text("@cf/")
+
+
+def test_a_user_keys_accounts_popover_gives_the_summary_not_an_empty_table(
+    page, team_proxy, emulator
+):
+    open_view(page, team_proxy.url, ALICE_KEY, "generate")
+    page.click(".status-menu summary")
+    details = page.locator("#accounts-details")
+    expect(details).to_be_visible()
+    expect(details).to_contain_text("3 accounts")
+    expect(details).to_contain_text("3 available")
+    expect(details).to_contain_text("admin keys")
+    expect(details).not_to_contain_text("0 accounts")
+    expect(details).not_to_contain_text("@cf/")
+    expect(details.locator("table")).to_have_count(0)  # no empty per-account table
+
+
+def test_a_user_key_past_its_quota_is_told_its_own_quota_is_spent_not_the_accounts(
+    page, team_proxy, emulator
+):
+    make_images(team_proxy, ALICE_KEY, 3)  # her daily_images
+    page.goto(f"{team_proxy.url}/#generate")
+    # The key dialog speaks to people given a named key, not only to the master key's owner.
+    expect(page.locator("#key-dialog")).to_contain_text("keys new")
+    page.fill("#key-input", ALICE_KEY)
+    page.click("#key-save")
+    expect(page.locator("#model option")).not_to_have_count(0)
+    calls = len(emulator.calls())
+    page.fill("#prompt", "one more lantern")
+    page.click("#generate")
+    message = page.locator("#message")
+    expect(message).to_contain_text("Over your key's daily quota (429)")
+    expect(message).to_contain_text("daily_images")
+    expect(message).not_to_contain_text("No account")
+    assert len(emulator.calls()) == calls
+
+
 def _overlaps(a: dict, b: dict) -> bool:
     return (
         a["x"] < b["x"] + b["width"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
 import re
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -231,4 +233,69 @@ def test_keys_new_refuses_a_block_the_proxy_would_refuse_before_showing_a_key(tm
     # An alias the proxy knows (MODEL_ALIASES) is a model like any other.
     made = flux_proxy("keys", "new", "zed", "--model", "house", cwd=tmp_path, env=env)
     assert made.returncode == 0, made.stderr
-    assert 'models = ["house"]' in made.stdout and "fpx-" in made.stdout
+    assert 'models = ["house"]' in made.stdout and "fpx-" in made.stderr
+
+
+def test_keys_new_appended_to_the_keys_file_adds_a_key_that_works_after_reload(tmp_path):
+    """The natural `keys new NAME >> keys.toml`: the file stays valid TOML with the hash only,
+    the key is shown on stderr, and a running proxy that reloads the file accepts it."""
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text('[[keys]]\nname = "ops"\nkey = "ops-key-' + "o" * 20 + '"\nrole = "admin"')
+    port = free_port()
+    env = clean_env(API_KEYS_FILE=str(keys_file), KEYS_RELOAD_SECONDS="0.2")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flux_proxy", "serve", "--emulator", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(url, process)
+        appended = subprocess.run(
+            f"{sys.executable} -m flux_proxy keys new alice --daily-images 3 >> keys.toml",
+            shell=True,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert appended.returncode == 0, appended.stderr
+        key = next(w for w in appended.stderr.split() if w.startswith("fpx-"))
+        text = keys_file.read_text()
+        assert key not in text and "fpx-" not in text
+        parsed = tomllib.loads(text)  # the file without a final newline still parses
+        assert [k["name"] for k in parsed["keys"]] == ["ops", "alice"]
+        assert parsed["keys"][1]["key_sha256"] == hashlib.sha256(key.encode()).hexdigest()
+        # The same name again would make the whole file refused: nothing is appended.
+        again = subprocess.run(
+            f"{sys.executable} -m flux_proxy keys new alice >> keys.toml",
+            shell=True,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert again.returncode == 2 and "already has a key named 'alice'" in again.stderr
+        assert keys_file.read_text() == text and "fpx-" not in again.stderr
+
+        client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
+        deadline = time.monotonic() + 20
+        while True:  # the reload is picked up within KEYS_RELOAD_SECONDS; wait for it
+            try:
+                result = client.images.generate(prompt="alice's first", size="256x256")
+                break
+            except openai.AuthenticationError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert result.data[0].b64_json
+        quota = httpx.get(url + "/v1/usage/quota", headers={"Authorization": f"Bearer {key}"})
+        assert (quota.json()["key"], quota.json()["images_remaining"]) == ("alice", 2)
+    finally:
+        out, err = stop(process)
+    assert key not in out + err

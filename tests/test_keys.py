@@ -399,10 +399,11 @@ def test_keys_new_prints_a_key_once_and_a_block_that_works(make_proxy, tmp_path,
         timeout=60,
         check=True,
     )
-    lines = made.stdout.splitlines()
+    lines = made.stderr.splitlines()
     key = next(line for line in lines if line.startswith("fpx-"))
-    block = made.stdout[made.stdout.index("[[keys]]") :]
-    assert made.stdout.count(key) == 1 and key not in block
+    block = made.stdout  # the block alone: stdout is what `>> keys.toml` appends
+    assert made.stderr.count(key) == 1 and "fpx-" not in block
+    assert block.lstrip().startswith("[[keys]]")
     assert f'key_sha256 = "{sha(key)}"' in block
     assert 'role = "user"' in block and "daily_images = 5" in block
 
@@ -420,7 +421,7 @@ def test_keys_new_prints_a_key_once_and_a_block_that_works(make_proxy, tmp_path,
         timeout=60,
         check=True,
     )
-    assert key not in second.stdout  # a fresh random key every time
+    assert key not in second.stderr  # a fresh random key every time
 
 
 def test_seeded_cache_hits_fill_their_own_columns_and_cost_no_quota(team_proxy, emulator):

@@ -1,8 +1,9 @@
 """`flux-proxy keys new NAME [--role user] [--daily-images N] [--daily-neurons N]
-[--model M ...]`: a fresh random key, printed once, and the `[[keys]]` block to paste into
-API_KEYS_FILE, which holds only the key's SHA-256. The block is read back as the proxy will
-read it (with this environment's MODEL_ALIASES) before anything is shown, so a model name the
-proxy would refuse is an error here, not a keys file that no longer loads."""
+[--model M ...]`: the `[[keys]]` block for API_KEYS_FILE (only the key's SHA-256) on stdout,
+and the fresh random key, printed once, on stderr, so `>> keys.toml` is safe. The block is
+read back as the proxy will read it (with this environment's MODEL_ALIASES) before anything is
+shown, so a model name the proxy would refuse is an error here, not a keys file that no longer
+loads."""
 
 from __future__ import annotations
 
@@ -12,9 +13,16 @@ import json
 import secrets
 import sys
 import tomllib
+from pathlib import Path
 
-from flux_proxy.keys.keyfile import NAME, RESERVED_NAME, KeysFileError, parse_keys
-from flux_proxy.settings import load_settings
+from flux_proxy.keys.keyfile import (
+    NAME,
+    RESERVED_NAME,
+    KeysFileError,
+    parse_keys,
+    read_keys_file,
+)
+from flux_proxy.settings import Settings, load_settings
 
 KEY_PREFIX = "fpx-"  # recognisable in a leaked-secret scan
 
@@ -66,14 +74,41 @@ def run(args: argparse.Namespace) -> int:
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     digest = hashlib.sha256(key.encode()).hexdigest()
     block = toml_block(name, digest, args)
+    settings = load_settings()
     try:
-        parse_keys(tomllib.loads(block), load_settings(), where="the new key")
+        parse_keys(tomllib.loads(block), settings, where="the new key")
     except KeysFileError as error:
         print(f"flux-proxy keys new: {error}", file=sys.stderr)
         return 2
-    print(f"# The key for {name!r}, shown this once (only its hash is kept):")
-    print(key)
-    print()
-    print("# Add this to API_KEYS_FILE; the proxy picks it up without a restart:")
-    print(block)
+    if name in _names_in(settings.api_keys_file, settings):
+        # Appended, a second table of that name would make the proxy refuse the whole file.
+        print(
+            f"flux-proxy keys new: API_KEYS_FILE ({settings.api_keys_file}) already has a key "
+            f"named {name!r}: pick another name, or take the old table out first",
+            file=sys.stderr,
+        )
+        return 2
+    # stdout carries the block alone, so `keys new alice >> keys.toml` appends a valid table
+    # (the blank line first keeps it apart from a file that ends without a newline) and never
+    # writes the key into the file. The key and the instructions go to stderr: the terminal
+    # shows them even when stdout is redirected.
+    print(f"\n{block}", flush=True)
+    print(
+        f"flux-proxy keys new: the key for {name!r}, shown this once (only its hash is kept):\n"
+        f"{key}\n"
+        "Its [[keys]] block is on stdout: append it with `flux-proxy keys new ... >> keys.toml`, "
+        "or paste it into API_KEYS_FILE; the proxy picks it up without a restart.",
+        file=sys.stderr,
+    )
     return 0
+
+
+def _names_in(path: Path | None, settings: Settings) -> set[str]:
+    """The names API_KEYS_FILE holds now; none when it is unset, missing or unreadable (the
+    proxy reports a broken file itself; this only keeps a name from being used twice)."""
+    if path is None or not Path(path).exists():
+        return set()
+    try:
+        return {entry.caller.name for entry in read_keys_file(path, settings)}
+    except KeysFileError:
+        return set()

@@ -84,6 +84,29 @@ def batch_slots(settings: Settings) -> int:
     return max(1, math.floor(settings.account_concurrency * settings.batch_slot_share))
 
 
+async def key_lines(
+    store: Any, owner: Caller | None, now: float, line_images: float, line_neurons: float
+) -> tuple[int | None, int | None]:
+    """(today, per day): how many lines of about `line_images` images and `line_neurons`
+    neurons the owner's daily_images/daily_neurons let run, left today and on a whole day.
+    (None, None) for a key without limits. A batch runs no faster than its key's quota."""
+    if owner is None or not owner.limited:
+        return None, None
+    seen = await store.key_usage(owner.name, utc_day(now))
+    today, per_day = math.inf, math.inf
+    if owner.daily_images is not None:
+        images = max(line_images, 1.0)
+        left = owner.daily_images - seen.images - seen.reserved_images
+        today = min(today, math.floor(max(0, left) / images))
+        per_day = min(per_day, math.floor(owner.daily_images / images))
+    if owner.daily_neurons is not None:
+        neurons = max(line_neurons, 1.0)
+        left = owner.daily_neurons - seen.neurons - seen.reserved_neurons
+        today = min(today, math.floor(max(0.0, left) / neurons))
+        per_day = min(per_day, math.floor(owner.daily_neurons / neurons))
+    return int(today), int(per_day)
+
+
 def estimate_completion(
     line_neurons: float,
     lines: int,
@@ -91,20 +114,27 @@ def estimate_completion(
     rooms: list[AccountRoom],
     settings: Settings,
     now: float,
+    key_room: tuple[int | None, int | None] = (None, None),
 ) -> tuple[float | None, int | None]:
     """(estimated_completion_at, estimated_days) for `lines` lines of about `line_neurons`
-    each, at the accounts' budgets as they stand: today's remainder first, then whole days
-    from 00:00 UTC. estimated_days counts the UTC days lines run on, today included. (None,
-    None) when no account could ever cover a line."""
+    each, at the accounts' budgets as they stand and within the owner's quota (`key_lines`):
+    today's remainder first, then whole days from 00:00 UTC. estimated_days counts the UTC
+    days lines run on, today included. (None, None) when no line could ever run."""
     if lines <= 0:
         return now, 0
     parallel = max(1, len(rooms) * batch_slots(settings))
     run_time = math.ceil(lines / parallel) * typical_seconds
+    key_today, key_per_day = key_room
     if any(room.per_day is None for room in rooms):
-        return now + run_time, 1
-    cost = max(line_neurons, 1.0)
-    today = sum(math.floor(room.today / cost) for room in rooms if room.today is not None)
-    per_day = sum(math.floor(room.per_day / cost) for room in rooms if room.per_day is not None)
+        if key_per_day is None:
+            return now + run_time, 1
+        today = per_day = math.inf
+    else:
+        cost = max(line_neurons, 1.0)
+        today = sum(math.floor(room.today / cost) for room in rooms if room.today is not None)
+        per_day = sum(math.floor(room.per_day / cost) for room in rooms if room.per_day is not None)
+    if key_per_day is not None and key_today is not None:
+        today, per_day = min(today, key_today), min(per_day, key_per_day)
     if lines <= today:
         return now + run_time, 1
     if per_day == 0:
@@ -138,7 +168,7 @@ async def estimate(
         raise invalid("bodies must be a non-empty list of request bodies", param="bodies")
     if len(bodies) > settings.batch_max_lines:
         raise invalid(f"at most {settings.batch_max_lines} bodies", param="bodies")
-    neurons, seconds = [], []
+    neurons, seconds, images = [], [], []
     for index, body in enumerate(bodies):
         try:
             request = await line_request(
@@ -149,15 +179,18 @@ async def estimate(
             raise
         neurons.append(max(request.job.estimated_neurons(), 1.0) * request.n)
         seconds.append(request.job.model.typical_seconds)
+        images.append(request.n)
     rooms = await account_rooms(pool, store, settings, clock, held=False)
     total = sum(neurons)
+    line_neurons = total / len(neurons)
     at, days = estimate_completion(
-        total / len(neurons),
+        line_neurons,
         len(neurons),
         sum(seconds) / len(seconds),
         rooms,
         settings,
         clock.now(),
+        await key_lines(store, owner, clock.now(), sum(images) / len(images), line_neurons),
     )
     return {
         "object": "batch.estimate",

@@ -15,7 +15,12 @@ from flux_proxy.clock import Clock
 from flux_proxy.errors import ApiError, invalid
 from flux_proxy.image_store import ImageStore
 from flux_proxy.settings import Settings
-from flux_proxy.work.batch_estimates import account_rooms, beyond_any_day, estimate_completion
+from flux_proxy.work.batch_estimates import (
+    account_rooms,
+    beyond_any_day,
+    estimate_completion,
+    key_lines,
+)
 from flux_proxy.work.batch_line import LinePool
 from flux_proxy.work.batch_line_store import queued_payloads
 from flux_proxy.work.batch_runner import BatchRunner
@@ -53,9 +58,10 @@ class BatchService:
         pool: Any,
         files: FileStore,
         runner: BatchRunner,
+        quota: Any = None,
     ) -> None:
         self.settings, self.clock, self.store, self.pool = settings, clock, store, pool
-        self.files, self.runner = files, runner
+        self.files, self.runner, self.quota = files, runner, quota
 
     async def create(self, caller: Caller, body: dict, base_url: str) -> dict:
         endpoint = body.get("endpoint")
@@ -113,6 +119,7 @@ class BatchService:
             "base_url": base_url,
             "line_neurons": sum(checked.neurons) / len(checked.neurons) if checked.neurons else 0,
             "cheapest_line_neurons": min(checked.neurons, default=0),
+            "line_images": sum(checked.images) / len(checked.images) if checked.images else 1,
             "typical_seconds": checked.typical_seconds,
             "sort_key": sort_key(now),
         }
@@ -214,9 +221,24 @@ class BatchService:
                 rooms,
                 self.settings,
                 self.clock.now(),
+                await self._key_room(doc),
             )
             body["estimated_completion_at"] = None if at is None else int(at)
         return body
+
+    async def _key_room(self, doc: dict) -> tuple[int | None, int | None]:
+        """The owner's quota as it stands, in lines; none for a key since removed (its lines
+        fail as they come up) or without a quota to read."""
+        if self.quota is None:
+            return None, None
+        try:
+            owner = self.quota.caller(doc["owner"])
+        except ApiError:
+            return None, None
+        line_images = doc.get("line_images", 1)  # batches made before it was stored: n=1
+        return await key_lines(
+            self.store, owner, self.clock.now(), line_images, doc["line_neurons"]
+        )
 
 
 def _metadata(value: Any) -> dict | None:
@@ -270,6 +292,12 @@ def open_batches(services: Any) -> BatchParts:
         metrics=services.metrics,
     )
     service = BatchService(
-        settings=settings, clock=clock, store=store, pool=services.pool, files=files, runner=runner
+        settings=settings,
+        clock=clock,
+        store=store,
+        pool=services.pool,
+        files=files,
+        runner=runner,
+        quota=services.quota,  # a batch runs no faster than its owner's quota: its estimate
     )
     return BatchParts(files, images, runner, service)

@@ -41,6 +41,7 @@ _INTERNAL = (
     "base_url",
     "line_neurons",
     "cheapest_line_neurons",
+    "line_images",
     "typical_seconds",
     "finalizer_until",
     "sort_key",
@@ -135,6 +136,7 @@ class CheckedInput:
     typical_seconds: float
     models: set[str] = field(default_factory=set)  # the models the lines run on, by id
     numbers: list[int] = field(default_factory=list)  # each payload's line number (from 1)
+    images: list[int] = field(default_factory=list)  # each line's n (for its key's quota)
 
 
 async def check_input(
@@ -165,6 +167,7 @@ async def check_input(
         checked.payloads.append(text)
         checked.numbers.append(number)
         checked.neurons.append(max(request.job.estimated_neurons(), 1.0) * request.n)
+        checked.images.append(request.n)
         seconds.append(request.job.model.typical_seconds)
         checked.models.add(request.job.model.id)
     if not checked.payloads and not checked.errors:

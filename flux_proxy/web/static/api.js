@@ -181,6 +181,8 @@ export function describeFailure(error) {
       return `Too large (413): ${error.message}`;
     case 429: {
       const wait = error.retryAfter !== null ? ` Try again in ${formatWait(error.retryAfter)}.` : "";
+      // The key's own quota, not the pool: no account is at fault and none will free up.
+      if (error.code === "key_quota_exceeded") return `Over your key's daily quota (429): ${error.message}${wait}`;
       return `No account can take this right now (429): ${error.message}${wait}`;
     }
     default:

@@ -91,6 +91,7 @@ async function loadModels() {
     if (!models.length) throw new ApiFailure("The proxy lists no models.");
     controls.setModels(models, state.defaultModel);
     batches.setModels(models, state.defaultModel);
+    usage.setModels(models);
     state.modelsLoaded = true;
     state.modelsProblem = null;
     keyDialog.setState(apiKey.get() ? "ok" : "none-needed");
@@ -110,11 +111,19 @@ async function loadModels() {
   updateGenerateButton();
 }
 
+// What one key read (its batches, its usage) is not shown to the next.
+function forgetKeysViews() {
+  batches.reset();
+  usage.reset();
+}
+
 const keyDialog = new KeyDialog({
   onSaved: () => {
     clearMessage();
+    forgetKeysViews();
     loadModels();
   },
+  onForgotten: forgetKeysViews,
 });
 
 // --- the form -------------------------------------------------------------------------------

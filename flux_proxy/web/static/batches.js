@@ -20,6 +20,7 @@ import { zipFiles } from "./zip.js";
 
 const POLL_MS = 2000;
 const ESTIMATE_DELAY_MS = 350;
+const REFUSED = new Set([400, 403, 404, 413, 422]); // the lines' fault: the batch would fail
 const ACTIVE = new Set(["validating", "in_progress", "finalizing", "cancelling"]);
 const STATUS_LABELS = {
   validating: "validating",
@@ -267,8 +268,18 @@ class BatchForm {
       this.el.estimate.dataset.state = "ok";
     } catch (error) {
       if (error?.name === "AbortError") return;
-      this.el.estimate.textContent = `No estimate: ${describeFailure(error)}`;
+      // The estimate runs the batch's own checks: name the line, as the failed batch would.
+      const index = /^bodies\[(\d+)\]/.exec(error?.param || "");
+      const id = index ? lines[Number(index[1])]?.custom_id : null;
+      // Pasted prompts are named by their line number; a file's lines by their custom_id.
+      const where = id ? (this.file ? `the line with custom_id ${JSON.stringify(id)}` : `line ${Number(id)}`) : null;
+      this.el.estimate.textContent = `No estimate${where ? ` (${where})` : ""}: ${describeFailure(error)}`;
       this.el.estimate.dataset.state = "error";
+      if (error instanceof ApiFailure && REFUSED.has(error.status) && !this.busy) {
+        // Submitted, these lines would only make a failed batch; say so before, not after.
+        this.el.submit.disabled = true;
+        this.el.why.textContent = `The batch would fail validation: fix ${where || "its lines"} first.`;
+      }
     }
   }
 
@@ -475,6 +486,7 @@ export class BatchesView {
     this.cards = new Map();
     this.timer = null;
     this.active = false;
+    this.generation = 0; // counts key changes (reset)
     root.querySelector("#batch-refresh").addEventListener("click", () => this.refresh());
   }
 
@@ -492,12 +504,34 @@ export class BatchesView {
     clearTimeout(this.timer);
   }
 
+  /** Another key (or none): its batches are not this one's, so none stay on the page. */
+  reset() {
+    this.generation += 1; // a list still loading for the old key is dropped
+    clearTimeout(this.timer);
+    this.cards.clear();
+    this.list.replaceChildren();
+    this.empty.hidden = false;
+    this.message.hidden = true;
+  }
+
   async refresh() {
     clearTimeout(this.timer);
+    const generation = this.generation;
     try {
-      this.upsert(await listBatches());
+      const listed = await listBatches();
+      if (generation !== this.generation) return;
+      // The list is what this key may see: a card it no longer lists goes.
+      const ids = new Set(listed.map((batch) => batch.id));
+      for (const [id, card] of this.cards) {
+        if (!ids.has(id)) {
+          card.node.remove();
+          this.cards.delete(id);
+        }
+      }
+      this.upsert(listed);
       this.message.hidden = true;
     } catch (error) {
+      if (generation !== this.generation) return;
       this.message.hidden = false;
       this.message.textContent = describeFailure(error);
     }

@@ -11,13 +11,14 @@ const LABELS = {
 };
 
 export class KeyDialog {
-  constructor({ onSaved }) {
+  constructor({ onSaved, onForgotten }) {
     this.dialog = document.querySelector("#key-dialog");
     this.input = document.querySelector("#key-input");
     this.error = document.querySelector("#key-error");
     this.button = document.querySelector("#key-button");
     this.label = document.querySelector("#key-label");
     this.onSaved = onSaved;
+    this.onForgotten = onForgotten;
     this.bindEvents();
   }
 
@@ -39,6 +40,7 @@ export class KeyDialog {
       this.input.value = "";
       this.setState("missing");
       toast("Key removed from this browser");
+      this.onForgotten?.();
       this.input.focus();
     });
     document.querySelector("#key-form").addEventListener("submit", (event) => {

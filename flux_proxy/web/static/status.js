@@ -96,19 +96,45 @@ export class StatusBar {
       ),
     );
     const store = health.store && typeof health.store === "object" ? health.store : null;
+    // A user key's /health is a summary with no account list: say what the pool can do and
+    // who sees more, rather than an empty table captioned "0 accounts".
+    const detailed = Array.isArray(health.accounts);
+    const count = detailed ? accounts.length : Number(health.total_accounts) || 0;
+    // The default model only for admins: a user key may not be allowed it.
+    const model = detailed ? ` · default model ${shortModel(health.model)}` : "";
+    const caption = `${count} account${count === 1 ? "" : "s"}${model} · v${health.version || "?"}`;
     this.details.replaceChildren(
-      h(
-        "table",
-        { class: "accounts-table" },
-        h("caption", { text: `${accounts.length} account${accounts.length === 1 ? "" : "s"} · model ${health.model || "?"} · v${health.version || "?"}` }),
-        h(
-          "thead",
-          {},
-          h("tr", {}, ["#", "Account", "State", "Neurons left", ""].map((label) => h("th", { scope: "col", text: label }))),
-        ),
-        h("tbody", {}, rows),
-      ),
+      detailed
+        ? h(
+            "table",
+            { class: "accounts-table" },
+            h("caption", { text: caption }),
+            h(
+              "thead",
+              {},
+              h("tr", {}, ["#", "Account", "State", "Neurons left", ""].map((label) => h("th", { scope: "col", text: label }))),
+            ),
+            h("tbody", {}, rows),
+          )
+        : h(
+            "div",
+            { class: "accounts-summary" },
+            h("p", { class: "accounts-caption", text: caption }),
+            h("p", { class: "accounts-counts", text: countsLine(summariseHealth(health).counts) }),
+            health.next_reset ? h("p", { class: "hint", text: `Daily budgets reset ${formatWhen(health.next_reset)}.` }) : null,
+            h("p", { class: "hint accounts-admin-note", text: "Each account's detail is shown to admin keys." }),
+          ),
       store ? h("p", { class: "store-line", text: `State store: ${store.backend}${store.ok === false ? " (not reachable)" : ""}` }) : null,
     );
   }
+}
+
+/** "@cf/black-forest-labs/flux-2-dev" -> "flux-2-dev", the name people type. */
+function shortModel(id) {
+  return id ? String(id).split("/").pop() : "?";
+}
+
+function countsLine(counts) {
+  const parts = STATES.filter((state) => state === "available" || counts[state] > 0).map((state) => `${counts[state]} ${state}`);
+  return parts.join(" · ");
 }

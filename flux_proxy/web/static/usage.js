@@ -62,27 +62,50 @@ export class UsageView {
     };
     root.querySelector("#usage-refresh").addEventListener("click", () => this.refresh());
     this.loading = null;
+    this.shortNames = new Map(); // model id -> the short name people type (from /v1/models)
+    this.quota = null;
+    this.generation = 0; // counts key changes (reset)
+  }
+
+  /** /v1/models entries: the quota panel names a key's models as people type them. */
+  setModels(models) {
+    this.shortNames = new Map(models.filter((m) => m?.id && m.short_name).map((m) => [m.id, m.short_name]));
+    if (this.quota) this.renderQuota(this.quota);
   }
 
   show() {
     this.refresh();
   }
 
+  /** Another key (or none): nothing read with the old one stays on the page. */
+  reset() {
+    this.generation += 1; // a load still under way for the old key renders nothing
+    this.loading = null;
+    this.quota = null;
+    for (const section of Object.values(this.sections)) {
+      section.hidden = true;
+      section.querySelector(".usage-body")?.replaceChildren();
+    }
+    this.message.hidden = true;
+  }
+
   hide() {}
 
   refresh() {
-    this.loading ??= this.load().finally(() => {
-      this.loading = null;
-    });
-    return this.loading;
+    const loading = (this.loading ??= this.load(this.generation).finally(() => {
+      if (this.loading === loading) this.loading = null;
+    }));
+    return loading;
   }
 
-  async load() {
+  async load(generation) {
     this.root.setAttribute("aria-busy", "true");
     const days = lastDays();
     const range = { start: days[0], end: days[days.length - 1] };
+    const stale = () => generation !== this.generation; // the key changed while loading
     try {
       const quota = await getQuota();
+      if (stale()) return;
       const admin = quota.role === "admin";
       this.renderQuota(quota);
       if (admin) {
@@ -92,22 +115,25 @@ export class UsageView {
           getUsage({ ...range, groupBy: "day" }),
           getHealth(),
         ]);
+        if (stale()) return;
         this.renderAccounts(rowsOf(byAccount), days, health);
         this.renderKeys(rowsOf(byKey), days);
         this.renderCache(rowsOf(byDay), days);
         this.sections.mine.hidden = true;
       } else {
         const mine = rowsOf(await getUsage({ ...range, groupBy: "day" }));
+        if (stale()) return;
         this.renderMine(mine, days, quota);
         this.renderCache(mine, days);
         for (const name of ["accounts", "keys"]) this.sections[name].hidden = true;
       }
       this.message.hidden = true;
     } catch (error) {
+      if (stale()) return;
       this.message.textContent = describeFailure(error);
       this.message.hidden = false;
     } finally {
-      this.root.setAttribute("aria-busy", "false");
+      if (!stale()) this.root.setAttribute("aria-busy", "false");
     }
   }
 
@@ -133,9 +159,20 @@ export class UsageView {
         h("span", { class: `state role-${quota.role}`, text: quota.role || "user" }),
       ),
       ...rows,
-      ...(Array.isArray(quota.models) ? [h("p", { class: "hint", text: `Models: ${quota.models.join(", ")}` })] : []),
+      ...(Array.isArray(quota.models) ? [this.modelList(quota.models)] : []),
     );
+    this.quota = quota;
     section.hidden = false;
+  }
+
+  /** "Models: flux-2-dev, …", short names with each full id in a tooltip. */
+  modelList(ids) {
+    const names = ids.map((id) => {
+      const short = this.shortNames.get(id) || String(id).split("/").pop();
+      return h("span", { class: "mono quota-model", title: id, dataset: { id }, text: short });
+    });
+    const parts = names.flatMap((name, index) => (index ? [", ", name] : [name]));
+    return h("p", { class: "hint quota-models" }, "Models: ", ...(parts.length ? parts : ["none"]));
   }
 
   /** Per account: neurons per day (one small chart each) and today's remaining budget. */
