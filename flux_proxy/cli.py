@@ -75,7 +75,9 @@ def serve(args: argparse.Namespace) -> int:
     from flux_proxy.app import create_app
     from flux_proxy.logs import configure_logging
 
-    settings = load_settings(no_auth=True) if args.no_auth else load_settings()
+    # Given explicitly, so a NO_AUTH in the environment or .env cannot turn the key off: serving
+    # without one is this flag's choice only (NO_AUTH is how the flag reaches --workers).
+    settings = load_settings(no_auth=args.no_auth)
     if not settings.master_keys and not settings.api_keys_file and not args.no_auth:
         print(_NO_KEY, file=sys.stderr)
         return EXIT_CONFIG
@@ -89,8 +91,7 @@ def serve(args: argparse.Namespace) -> int:
     if workers > 1:
         # Workers are separate processes that build their own app from the environment
         # (`app_from_environment`), so the command-line flags travel as variables.
-        if args.no_auth:
-            os.environ["NO_AUTH"] = "true"
+        os.environ["NO_AUTH"] = "true" if args.no_auth else "false"
         target: object = "flux_proxy.app:app_from_environment"
     else:
         target = create_app(settings, embedded_emulator=args.emulator)

@@ -149,6 +149,28 @@ def test_no_auth_prints_a_loud_warning_and_serves(tmp_path):
     assert "WARNING" in err and "--no-auth" in err
 
 
+def test_no_auth_in_the_environment_or_env_file_does_not_turn_the_key_off(tmp_path):
+    # Serving without a key is the command line's --no-auth only: a stray NO_AUTH=true (here
+    # in the environment, and in .env) must not silently open a proxy that has a key.
+    (tmp_path / ".env").write_text("NO_AUTH=true\n")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flux_proxy", "serve", "--emulator", "--port", str(port)],
+        cwd=tmp_path,
+        env=clean_env(API_MASTER_KEY="cli-test-key-" + "n" * 16, NO_AUTH="true"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_live(url, process)
+        assert httpx.get(url + "/v1/models").status_code == 401
+    finally:
+        _, err = stop(process)
+    assert "auth=on" in err
+
+
 def test_console_script_lists_the_subcommands(tmp_path):
     # Installed beside the interpreter running the tests (the venv's bin/), on PATH or not.
     script = Path(sys.executable).parent / "flux-proxy"

@@ -422,6 +422,23 @@ def test_proxy_volumes_if_any_mount_the_data_dir():
         assert target == data_dir
 
 
+def test_replicas_share_one_named_volume_at_the_data_dir():
+    # The Files and Batch APIs keep uploads, output files and batch images under
+    # DATA_DIR/files/, not in Redis: under --scale every replica must mount the same volume
+    # there, or a file uploaded to one replica is missing on the next.
+    data_dir = dockerfile_env()["DATA_DIR"]
+    named = set(compose().get("volumes") or {})
+    shared = []
+    for volume in proxy_service().get("volumes", []):
+        if isinstance(volume, dict):
+            source, target = volume.get("source"), volume["target"]
+        else:
+            source, target = str(volume).split(":")[:2]
+        if source in named and target == data_dir:
+            shared.append(source)
+    assert shared, f"the proxy mounts no named volume at {data_dir}"
+
+
 # --- docs ------------------------------------------------------------------------------------
 
 
