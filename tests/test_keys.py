@@ -303,6 +303,13 @@ def test_user_keys_use_models_and_images_but_no_key_is_refused(team_proxy):
     assert len(every) > 1
     limited = httpx.get(team_proxy.base_url + "/models", headers=bearer(CAROL)).json()["data"]
     assert [m["id"] for m in limited] == ["@cf/black-forest-labs/flux-1-schnell"]
+    # One model by name: what the list leaves out is not there for this key either.
+    one = httpx.get(team_proxy.base_url + "/models/flux-1-schnell", headers=bearer(CAROL))
+    assert one.json()["id"] == "@cf/black-forest-labs/flux-1-schnell"
+    hidden = httpx.get(team_proxy.base_url + "/models/flux-2-dev", headers=bearer(CAROL))
+    assert assert_openai_error(404, hidden.json())["code"] == "model_not_found"
+    shown = httpx.get(team_proxy.base_url + "/models/flux-2-dev", headers=bearer(ALICE))
+    assert shown.status_code == 200
     refused = httpx.get(team_proxy.base_url + "/models", headers=bearer(ALICE + "x"))
     assert refused.status_code == 401
     assert assert_openai_error(401, refused.json())["code"] == "invalid_api_key"

@@ -210,7 +210,8 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     settings = services(request).settings
     spec = lookup_model(request.path_params["model"], settings)
-    if spec is None:
+    # A key limited to some models is not shown the others here either, as in the list.
+    if spec is None or not caller_of(request.scope).may_use(spec.id):
         raise ApiError(404, "no such model", param="model", code="model_not_found")
     return json_response(model_entry(spec))
 
