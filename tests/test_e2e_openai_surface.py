@@ -177,6 +177,25 @@ def test_input_fidelity_is_accepted_and_ignored(proxy, emulator):
     assert "input_fidelity" not in emulator.calls()[0]["fields"]
 
 
+@pytest.mark.parametrize("quality", ["xhigh", "max"])
+def test_the_sdks_newer_quality_values_are_accepted_echoed_and_ignored(proxy, emulator, quality):
+    # openai 3.x types `quality` with "xhigh" and "max" (GPT Image 2.5), for generations and
+    # edits, and the Vercel AI SDK's openai provider passes them on; before, both were a 400.
+    client = client_for(proxy)
+    generated = client.images.generate(
+        model="gpt-image-2", prompt="a fox", quality=quality, size="256x256"
+    )
+    edited = client.images.edit(
+        image=("cat.png", picture(64, 64), "image/png"),
+        prompt="make it blue",
+        quality=quality,
+        size="256x256",
+    )
+    assert generated.quality == quality and edited.quality == quality
+    assert len(emulator.calls()) == 2
+    assert all("quality" not in call["fields"] for call in emulator.calls())
+
+
 def test_schnell_with_its_own_size_makes_one_call_with_no_size_fields(proxy, emulator):
     result = client_for(proxy).images.generate(
         model="flux-1-schnell", prompt="a fox", size="1024x1024", response_format="b64_json"

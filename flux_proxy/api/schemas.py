@@ -36,7 +36,7 @@ MAX_PARTIAL_IMAGES = 3  # OpenAI's range is 0-3
 MAX_SEED = 2**63 - 1
 MAX_EDIT_IMAGES = 16  # what OpenAI takes; beyond what the model takes is a 400 naming `image`
 MAX_REFERENCES = max(model.max_references for model in MODELS)
-QUALITIES = ("auto", "low", "medium", "high", "standard", "hd")
+QUALITIES = ("auto", "low", "medium", "high", "xhigh", "max", "standard", "hd")
 
 
 def widest(attribute: str) -> dict[str, float]:
