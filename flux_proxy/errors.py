@@ -41,6 +41,10 @@ class ApiError(Exception):
         }
 
 
+# The openai SDKs retry 408, 409, 429 and 5xx unless told otherwise; this tells them.
+NO_RETRY = {"x-should-retry": "false"}
+
+
 def _default_type(status: int) -> str:
     if status == 401:
         return "authentication_error"

@@ -245,3 +245,19 @@ def test_files_and_batches_answer_503_while_the_shared_state_is_away(make_proxy,
         assert unavailable.value.body["code"] == "state_store_unavailable"
         with pytest.raises(openai.InternalServerError):
             sdk.batches.list()
+
+
+def test_cancelling_a_finished_batch_is_a_409_the_sdk_does_not_retry(batch_proxy, emulator):
+    # The SDK retries 409 twice by default (a lock timeout, for OpenAI); a finished batch
+    # stays finished, so the proxy says so and the default client raises at once.
+    with openai.OpenAI(base_url=batch_proxy.base_url, api_key=batch_proxy.key) as sdk:
+        uploaded = sdk.files.create(file=("in.jsonl", jsonl(generation_lines(1))), purpose="batch")
+        batch = sdk.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="24h"
+        )
+        assert wait_for(sdk, batch.id, ("completed", "failed")).status == "completed"
+        with pytest.raises(openai.ConflictError) as refused:
+            sdk.batches.cancel(batch.id)
+    assert refused.value.body["code"] == "batch_not_cancellable"
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    assert refused.value.response.request.headers["x-stainless-retry-count"] == "0"

@@ -125,6 +125,7 @@ def test_a_queued_job_can_be_cancelled_and_a_sent_one_gives_409(make_proxy, emul
             refused = http.delete(f"/v1/images/jobs/{first['id']}")
             assert refused.status_code == 409
             assert refused.json()["error"]["code"] == "job_not_cancellable"
+            assert refused.headers["x-should-retry"] == "false"  # the SDKs would retry a 409
 
             done = wait_for_status(http, first["id"], {"completed", "failed"})
             assert done["status"] == "completed"

@@ -12,7 +12,7 @@ from typing import Any
 
 from flux_proxy.api.caller import Caller
 from flux_proxy.clock import Clock
-from flux_proxy.errors import ApiError, invalid
+from flux_proxy.errors import NO_RETRY, ApiError, invalid
 from flux_proxy.image_store import ImageStore
 from flux_proxy.settings import Settings
 from flux_proxy.work.batch_estimates import (
@@ -194,6 +194,7 @@ class BatchService:
                     f"the batch is {doc['status']} and can no longer be cancelled",
                     param="batch_id",
                     code="batch_not_cancellable",
+                    headers=NO_RETRY,  # the SDKs retry a 409; a finished batch stays finished
                 )
         self.runner.wake()
         return await self._render(doc)

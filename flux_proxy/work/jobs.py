@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from flux_proxy.clock import Clock
-from flux_proxy.errors import ApiError
+from flux_proxy.errors import NO_RETRY, ApiError
 from flux_proxy.logs import log_event
 from flux_proxy.metrics import Metrics
 from flux_proxy.store.base import JobRecord, StateStore
@@ -142,6 +142,7 @@ class JobService:
             f"job {job_id} is {job.status} and can no longer be cancelled"
             + ("; its call was already sent upstream" if not job.final else ""),
             code="job_not_cancellable",
+            headers=NO_RETRY,  # the SDKs retry a 409; a sent call stays sent
         )
 
     async def stats(self) -> dict:
