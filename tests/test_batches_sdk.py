@@ -261,3 +261,34 @@ def test_cancelling_a_finished_batch_is_a_409_the_sdk_does_not_retry(batch_proxy
     assert refused.value.body["code"] == "batch_not_cancellable"
     assert refused.value.response.headers["x-should-retry"] == "false"
     assert refused.value.response.request.headers["x-stainless-retry-count"] == "0"
+
+
+def test_a_files_expires_after_sets_its_expiry(client, batch_proxy):
+    # openai's files.create(expires_after={"anchor": "created_at", "seconds": N}) sends
+    # expires_after[anchor] and expires_after[seconds] as form fields.
+    body = jsonl(generation_lines(1))
+    uploaded = client.files.create(
+        file=("in.jsonl", body),
+        purpose="batch",
+        expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    assert uploaded.expires_at == uploaded.created_at + 3600
+    assert client.files.retrieve(uploaded.id).expires_at == uploaded.expires_at
+    batch_proxy.clock.advance(3601)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
+
+    longest = client.files.create(
+        file=("in.jsonl", body),
+        purpose="batch",
+        expires_after={"anchor": "created_at", "seconds": 2592000},
+    )
+    assert longest.expires_at == longest.created_at + batch_proxy.settings.files_ttl_seconds
+    for wrong, param in (
+        ({"anchor": "created_at", "seconds": 60}, "expires_after[seconds]"),
+        ({"anchor": "created_at", "seconds": "soon"}, "expires_after[seconds]"),
+        ({"anchor": "last_active_at", "seconds": 3600}, "expires_after[anchor]"),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.files.create(file=("in.jsonl", body), purpose="batch", expires_after=wrong)
+        assert refused.value.body["param"] == param

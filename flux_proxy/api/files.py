@@ -23,6 +23,7 @@ from flux_proxy.work.files import public
 
 MAX_LIST = 10_000  # OpenAI's page limit for files
 CHUNK_BYTES = 1024 * 1024
+EXPIRES_AFTER_SECONDS = (3600, 2_592_000)  # OpenAI's range: one hour to 30 days
 
 
 def parts(request: Request) -> BatchParts:
@@ -37,6 +38,29 @@ def page(data: list[dict], has_more: bool) -> dict:
         "last_id": data[-1]["id"] if data else None,
         "has_more": has_more,
     }
+
+
+def expires_after(fields: dict[str, str], longest: float) -> float | None:
+    """The lifetime `files.create(expires_after={"anchor": "created_at", "seconds": N})` asks
+    for (sent as the form fields `expires_after[anchor]` and `expires_after[seconds]`), kept
+    within FILES_TTL_SECONDS; None when the upload names none."""
+    anchor = fields.get("expires_after[anchor]")
+    raw = fields.get("expires_after[seconds]")
+    if anchor is None and raw is None:
+        return None
+    if anchor != "created_at":
+        raise invalid("expires_after[anchor] must be 'created_at'", param="expires_after[anchor]")
+    low, high = EXPIRES_AFTER_SECONDS
+    try:
+        seconds = int(raw or "")
+    except ValueError:
+        seconds = None
+    if seconds is None or not low <= seconds <= high:
+        raise invalid(
+            f"expires_after[seconds] must be an integer between {low} and {high}",
+            param="expires_after[seconds]",
+        )
+    return float(min(seconds, longest))
 
 
 def list_limit(request: Request, default: int, maximum: int) -> int:
@@ -79,6 +103,7 @@ async def upload(request: Request) -> Response:
             purpose,
             received.path,
             received.size,
+            ttl=expires_after(received.fields, settings.files_ttl_seconds),
         )
     finally:
         if received.path is not None:

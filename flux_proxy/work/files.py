@@ -104,15 +104,22 @@ class FileStore:
         )
 
     async def upload_spooled(
-        self, owner: str, filename: str, purpose: str, spooled: Path, size: int
+        self,
+        owner: str,
+        filename: str,
+        purpose: str,
+        spooled: Path,
+        size: int,
+        *,
+        ttl: float | None = None,
     ) -> dict:
         """An upload already streamed to disk beside the blobs (`api/upload_stream.py`, which
-        enforced the size limit): checked like `upload`, then kept by renaming it. `spooled`
-        is gone afterwards, kept or refused."""
+        enforced the size limit): checked like `upload`, then kept by renaming it, for `ttl`
+        seconds (None: FILES_TTL_SECONDS). `spooled` is gone afterwards, kept or refused."""
         try:
             check_purpose(purpose)
             content_type = await asyncio.to_thread(_file_content_type, purpose, spooled, size)
-            doc = self._doc(owner, filename, purpose, size, content_type, ttl=None)
+            doc = self._doc(owner, filename, purpose, size, content_type, ttl=ttl)
             await self.blobs.adopt(doc["id"], spooled, content_type, self._ttl(doc))
         finally:
             discard(spooled)  # kept by now (renamed away), or refused
