@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flux_proxy.clock import iso
-from flux_proxy.errors import ApiError
+from flux_proxy.errors import NO_RETRY, ApiError
 from flux_proxy.job import ImageJob
 from flux_proxy.settings import AccountConfig
 from flux_proxy.upstream.classify import Attempt, OutcomeKind
@@ -74,11 +74,13 @@ def nothing_usable(run: RequestTally, job: ImageJob, deadline: float, now: float
             503,
             f"The model {job.model.short_name} is not available on any configured account{why}",
             code="model_unavailable",
+            headers=NO_RETRY,  # each account skips the model for an hour: not the SDK's backoff
         )
     return ApiError(
         503,
         "No usable Cloudflare account is configured (none set, or every token was rejected)",
         code="no_usable_account",
+        headers=NO_RETRY,  # disabled until a token changes
     )
 
 
@@ -112,7 +114,8 @@ def rejected_input(attempt: Attempt) -> ApiError:
     """Cloudflare refused the input itself: the caller's fault, no other account is tried.
     A refused request form (405) is the proxy's fault, and no account would answer otherwise."""
     if attempt.kind is OutcomeKind.CONFIG_ERROR:
-        return ApiError(502, attempt.message, code="upstream_configuration_error")
+        # Refused the same way on every account: a retry of the SDK's would be another call.
+        return ApiError(502, attempt.message, code="upstream_configuration_error", headers=NO_RETRY)
     status = 413 if attempt.kind is OutcomeKind.TOO_LARGE else 400
     return ApiError(status, attempt.message, param=attempt.param, code="upstream_rejected_input")
 

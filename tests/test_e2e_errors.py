@@ -68,6 +68,31 @@ def test_every_account_spent_is_429_with_retry_after_and_health_503(proxy, emula
     assert len(emulator.calls()) == 3  # remembered: no account is tried again today
 
 
+@pytest.mark.parametrize(
+    "rule, status, code",
+    [
+        ({"status": 405, "code": 5019}, 502, "upstream_configuration_error"),
+        ({"status": 401}, 503, "no_usable_account"),
+        ({"status": 403, "code": 5016}, 503, "model_unavailable"),
+    ],
+    ids=["refused-request-form", "every-token-rejected", "model-unavailable-everywhere"],
+)
+def test_failures_a_retry_cannot_change_tell_the_sdk_not_to_retry(
+    proxy, emulator, rule, status, code
+):
+    # The openai SDK retries >= 500 twice by default. A request form Cloudflare refuses is
+    # refused on every account (each retry another call), and disabled accounts or a model no
+    # account serves stay so for far longer than the SDK's backoff: one answer is enough.
+    emulator.fault(**rule)
+    sdk = openai.OpenAI(base_url=proxy.base_url, api_key=proxy.key)  # default retries
+    with sdk, pytest.raises(openai.InternalServerError) as caught:
+        sdk.images.generate(prompt="a cat", size="256x256")
+    assert caught.value.status_code == status and caught.value.body["code"] == code
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert caught.value.response.request.headers["x-stainless-retry-count"] == "0"
+    assert len(emulator.calls()) == (1 if code == "upstream_configuration_error" else 3)
+
+
 def test_upstream_failure_never_shows_cloudflares_text_or_a_token(proxy, emulator):
     emulator.fault(status=500, message="UPSTREAM-INTERNAL-DETAIL at host xyz")
     response = post(proxy)
