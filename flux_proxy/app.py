@@ -121,17 +121,14 @@ def create_app(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                allow_headers=[
-                    "authorization",
-                    "content-type",
-                    "x-request-id",
-                    "idempotency-key",
-                    "cache-control",
-                    "prefer",
-                ],
+                # Any request header: the openai SDKs add their own x-stainless-* set (and new
+                # ones with new versions), and the key is a bearer token, never a cookie, so
+                # the origin list is what guards the API.
+                allow_headers=["*"],
                 expose_headers=[
                     "x-request-id",
                     "retry-after",
+                    "x-should-retry",
                     "x-flux-cache",
                     "x-flux-replayed",
                     "location",

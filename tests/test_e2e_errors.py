@@ -201,6 +201,39 @@ def test_cors_allows_only_the_configured_origins(make_proxy):
     assert response.headers["access-control-allow-origin"] == "https://app.example"
 
 
+# What openai-node (6.x) sends from a browser (`dangerouslyAllowBrowser: true`) besides the
+# key and the body's type: its retry count, timeout and platform headers.
+OPENAI_NODE_BROWSER_HEADERS = (
+    "authorization, content-type, x-stainless-arch, x-stainless-lang, x-stainless-os, "
+    "x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, "
+    "x-stainless-runtime-version, x-stainless-timeout"
+)
+
+
+def test_cors_lets_the_openai_sdk_in_a_browser_through_and_read_its_retry_hints(
+    make_proxy, emulator
+):
+    proxy = make_proxy(cors_origins=["https://app.example"])
+    preflight = httpx.options(
+        proxy.base_url + GENERATE,
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": OPENAI_NODE_BROWSER_HEADERS,
+        },
+    )
+    assert preflight.status_code == 200, preflight.text
+    allowed = {h.strip() for h in preflight.headers["access-control-allow-headers"].split(",")}
+    assert {h.strip() for h in OPENAI_NODE_BROWSER_HEADERS.split(",")} <= allowed
+
+    # The SDK obeys x-should-retry, which a browser hides from it unless it is exposed.
+    emulator.fault(status=429, code=3036)
+    spent = post(proxy, headers={**proxy.auth, "Origin": "https://app.example"})
+    assert spent.status_code == 429 and spent.headers["x-should-retry"] == "false"
+    exposed = {h.strip() for h in spent.headers["access-control-expose-headers"].split(",")}
+    assert {"x-should-retry", "retry-after", "x-request-id"} <= exposed
+
+
 def wait_for_log(caplog, event: str, request_id: str) -> list[logging.LogRecord]:
     """The request line is written just after the response is sent: give it a moment."""
     deadline = time.monotonic() + 5
