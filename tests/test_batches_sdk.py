@@ -292,3 +292,38 @@ def test_a_files_expires_after_sets_its_expiry(client, batch_proxy):
         with pytest.raises(openai.BadRequestError) as refused:
             client.files.create(file=("in.jsonl", body), purpose="batch", expires_after=wrong)
         assert refused.value.body["param"] == param
+
+
+def test_a_batchs_output_expires_after_sets_its_output_files_expiry(client, batch_proxy):
+    # batches.create(output_expires_after={"anchor": "created_at", "seconds": N}): the output
+    # (and error) file expires N seconds after it is written, within BATCH_OUTPUT_TTL.
+    uploaded = client.files.create(file=("in.jsonl", jsonl(generation_lines(1))), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/images/generations",
+        completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    assert "output_ttl" not in batch.model_extra
+    done = wait_for(client, batch.id, ("completed", "failed"))
+    assert done.status == "completed", done
+    output = client.files.retrieve(done.output_file_id)
+    assert output.expires_at == output.created_at + 3600
+    batch_proxy.clock.advance(3601)
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(done.output_file_id)
+
+    for wrong, param in (
+        ({"anchor": "created_at", "seconds": 10}, "output_expires_after.seconds"),
+        ({"anchor": "created_at", "seconds": "soon"}, "output_expires_after.seconds"),
+        ({"anchor": "completed_at", "seconds": 3600}, "output_expires_after.anchor"),
+        ("1h", "output_expires_after"),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/v1/images/generations",
+                completion_window="24h",
+                output_expires_after=wrong,
+            )
+        assert refused.value.body["param"] == param

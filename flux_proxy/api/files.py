@@ -19,11 +19,10 @@ from flux_proxy.api.upload_stream import receive_upload
 from flux_proxy.errors import invalid
 from flux_proxy.work.batch_service import BatchParts
 from flux_proxy.work.file_blobs import discard
-from flux_proxy.work.files import public
+from flux_proxy.work.files import expiry_seconds, public
 
 MAX_LIST = 10_000  # OpenAI's page limit for files
 CHUNK_BYTES = 1024 * 1024
-EXPIRES_AFTER_SECONDS = (3600, 2_592_000)  # OpenAI's range: one hour to 30 days
 
 
 def parts(request: Request) -> BatchParts:
@@ -45,22 +44,10 @@ def expires_after(fields: dict[str, str], longest: float) -> float | None:
     for (sent as the form fields `expires_after[anchor]` and `expires_after[seconds]`), kept
     within FILES_TTL_SECONDS; None when the upload names none."""
     anchor = fields.get("expires_after[anchor]")
-    raw = fields.get("expires_after[seconds]")
-    if anchor is None and raw is None:
+    seconds = fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
         return None
-    if anchor != "created_at":
-        raise invalid("expires_after[anchor] must be 'created_at'", param="expires_after[anchor]")
-    low, high = EXPIRES_AFTER_SECONDS
-    try:
-        seconds = int(raw or "")
-    except ValueError:
-        seconds = None
-    if seconds is None or not low <= seconds <= high:
-        raise invalid(
-            f"expires_after[seconds] must be an integer between {low} and {high}",
-            param="expires_after[seconds]",
-        )
-    return float(min(seconds, longest))
+    return expiry_seconds(anchor, seconds, longest, param="expires_after[{}]", text_seconds=True)
 
 
 def list_limit(request: Request, default: int, maximum: int) -> int:

@@ -399,7 +399,7 @@ class BatchRunner:
         output = [r for _, outcome, r in results if outcome == "completed"]
         errors = [r for _, outcome, r in results if outcome != "completed"]
         out_id, err_id = output_file_ids(batch_id)
-        ttl = self.settings.batch_output_ttl
+        ttl = doc.get("output_ttl") or self.settings.batch_output_ttl  # older docs: none
         final: dict = {
             "request_counts": request_counts(doc["request_counts"]["total"], counts),
             "neurons_used": round(counts["neurons"], 2),

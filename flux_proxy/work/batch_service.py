@@ -38,7 +38,7 @@ from flux_proxy.work.batches import (
     unsupported_endpoint,
 )
 from flux_proxy.work.file_blobs import DiskBlobs
-from flux_proxy.work.files import FileStore, sort_key
+from flux_proxy.work.files import FileStore, expiry_seconds, sort_key
 from flux_proxy.work.produce import ImageWork
 
 
@@ -69,6 +69,7 @@ class BatchService:
             raise unsupported_endpoint(endpoint)
         window, window_label = completion_window(body.get("completion_window", "24h"))
         metadata = _metadata(body.get("metadata"))
+        output_ttl = self._output_ttl(body.get("output_expires_after"))
         file_id = body.get("input_file_id")
         if not isinstance(file_id, str) or not file_id:
             raise invalid("input_file_id is required", param="input_file_id")
@@ -122,6 +123,7 @@ class BatchService:
             "line_images": sum(checked.images) / len(checked.images) if checked.images else 1,
             "typical_seconds": checked.typical_seconds,
             "sort_key": sort_key(now),
+            "output_ttl": output_ttl,
         }
         if checked.errors:
             # One bad line fails the whole batch before anything is queued: nothing is spent,
@@ -148,6 +150,24 @@ class BatchService:
         await self.store.put_doc(ACTIVE_KIND, batch_id, {"id": batch_id})
         self.runner.wake()
         return await self._render(doc)
+
+    def _output_ttl(self, policy: Any) -> float:
+        """How long the output and error files are kept once written: BATCH_OUTPUT_TTL, or
+        less when `output_expires_after` asks."""
+        longest = float(self.settings.batch_output_ttl)
+        if policy is None:
+            return longest
+        if not isinstance(policy, dict):
+            raise invalid(
+                "output_expires_after must be an object with anchor and seconds",
+                param="output_expires_after",
+            )
+        return expiry_seconds(
+            policy.get("anchor"),
+            policy.get("seconds"),
+            longest,
+            param="output_expires_after.{}",
+        )
 
     async def get(self, caller: Caller, batch_id: str) -> dict:
         return await self._render(await self._owned(caller, batch_id))

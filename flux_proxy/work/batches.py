@@ -45,6 +45,7 @@ _INTERNAL = (
     "typical_seconds",
     "finalizer_until",
     "sort_key",
+    "output_ttl",
 )
 
 

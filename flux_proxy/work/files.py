@@ -45,6 +45,27 @@ def not_found(file_id: str) -> ApiError:
     return ApiError(404, f"No such File object: {file_id[:80]}", param="file_id", code="not_found")
 
 
+EXPIRES_AFTER_SECONDS = (3600, 2_592_000)  # OpenAI's range: one hour to 30 days
+
+
+def expiry_seconds(
+    anchor: Any, seconds: Any, longest: float, *, param: str, text_seconds: bool = False
+) -> float:
+    """An OpenAI expiration policy (`{"anchor": "created_at", "seconds": N}`) as a lifetime,
+    kept within `longest`. `param` names the fields, with `{}` for `anchor`/`seconds`; a
+    form sends `seconds` as text (`text_seconds`)."""
+    if anchor != "created_at":
+        name = param.format("anchor")
+        raise invalid(f"{name} must be 'created_at'", param=name)
+    low, high = EXPIRES_AFTER_SECONDS
+    if text_seconds and isinstance(seconds, str) and seconds.strip().isdigit():
+        seconds = int(seconds)
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not low <= seconds <= high:
+        name = param.format("seconds")
+        raise invalid(f"{name} must be an integer between {low} and {high}", param=name)
+    return float(min(seconds, longest))
+
+
 def check_purpose(purpose: str) -> None:
     if purpose not in UPLOAD_PURPOSES:
         raise invalid(
