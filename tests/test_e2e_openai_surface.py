@@ -74,6 +74,30 @@ def test_open_webui_edit_with_one_image_and_no_format_gets_b64_json_only(proxy, 
     assert call["model"] == DEV and set(call["files"]) == {"input_image_0"}
 
 
+def test_open_webui_with_a_base_url_ending_in_a_slash_still_reaches_the_routes(proxy, emulator):
+    # Open WebUI joins f"{IMAGES_OPENAI_API_BASE_URL}/images/generations" as text, so a base
+    # URL entered as ".../v1/" asks for "/v1//images/generations"; before, a 404.
+    base = proxy.base_url + "/"
+    generated = httpx.post(
+        f"{base}/images/generations",
+        json={"model": "gpt-image-1", "prompt": "a lighthouse", "n": 1, "size": "256x256"},
+        headers={**proxy.auth, "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert generated.status_code == 200, generated.text
+    edited = httpx.post(
+        f"{base}/images/edits",
+        data={"model": "gpt-image-1", "prompt": "make it blue", "size": "256x256"},
+        files={"image": (f"{uuid.uuid4()}.png", picture(64, 64), "image/png")},
+        headers=proxy.auth,
+        timeout=60,
+    )
+    assert edited.status_code == 200, edited.text
+    assert len(emulator.calls()) == 2
+    refused = httpx.post(f"{base}/images/generations", json={"prompt": "a"}, timeout=60)
+    assert refused.status_code == 401  # the same route, behind the same key
+
+
 def test_dall_e_3_with_no_format_gets_only_a_url_that_downloads(proxy, emulator):
     result = client_for(proxy).images.generate(model="dall-e-3", prompt="a fox", size="256x256")
     (item,) = result.data

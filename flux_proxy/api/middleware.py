@@ -22,6 +22,7 @@ from flux_proxy.logs import log_event
 from flux_proxy.metrics import Metrics
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SLASHES = re.compile(r"//+")
 
 
 def note(scope: Scope, **fields: object) -> None:
@@ -52,6 +53,10 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if "//" in scope["path"]:
+            # Clients that join `base_url + "/images/..."` as text (Open WebUI) ask for
+            # "/v1//images/..." when the base URL was entered with a trailing slash.
+            scope = {**scope, "path": _SLASHES.sub("/", scope["path"])}
         incoming = _header(scope, b"x-request-id")
         request_id = (
             incoming
