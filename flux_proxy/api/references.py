@@ -87,7 +87,7 @@ def _pending_data_url(item: Any, param: str, settings: Settings) -> PendingImage
         # OpenAI's other JSON reference form; say which one works here.
         raise invalid(
             f'{param}: file_id references are not supported; send {{"image_url": '
-            '"data:image/png;base64,..."}} or the data: URL itself',
+            '"data:image/png;base64,..."} or the data: URL itself',
             param=param,
             code="unsupported_parameter",
         )
