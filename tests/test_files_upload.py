@@ -164,3 +164,17 @@ def test_a_form_cut_short_before_its_closing_boundary_is_refused_not_kept(sdk, d
         assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
     assert list(sdk.files.list()) == []
     assert spool_leftovers(data_dir) == []
+
+
+def test_a_file_named_in_any_script_is_read_back(sdk):
+    # httpx (the SDK's transport) sends the name as UTF-8; a Content-Disposition header can
+    # carry only Latin-1, so a name such as 图片.jsonl needs RFC 6266's filename*.
+    body = json.dumps({"custom_id": "x", "method": "POST", "url": "/v1/images/generations"})
+    uploaded = sdk.files.create(file=("图片 été.jsonl", body.encode()), purpose="batch")
+    assert sdk.files.retrieve(uploaded.id).filename == "图片 été.jsonl"
+    read = sdk.files.with_raw_response.content(uploaded.id)
+    assert read.http_response.status_code == 200
+    assert read.http_response.content == body.encode()
+    disposition = read.headers["content-disposition"]
+    assert disposition.isascii()
+    assert "filename*=UTF-8''%E5%9B%BE%E7%89%87%20%C3%A9t%C3%A9.jsonl" in disposition

@@ -8,6 +8,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from typing import BinaryIO
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -128,7 +129,7 @@ async def content(request: Request) -> Response:
         headers={
             # The open file's own size: an output file rewritten meanwhile stays whole.
             "content-length": str(os.fstat(contents.fileno()).st_size),
-            "content-disposition": f'attachment; filename="{_safe(doc["filename"])}"',
+            "content-disposition": _attachment(doc["filename"]),
             "x-content-type-options": "nosniff",
         },
     )
@@ -149,8 +150,12 @@ async def delete(request: Request) -> Response:
     return json_response({"id": file_id, "object": "file", "deleted": True})
 
 
-def _safe(filename: str) -> str:
-    return "".join(c for c in filename if c.isalnum() or c in "._- ")[:100] or "file"
+def _attachment(filename: str) -> str:
+    """A Content-Disposition for any name: header values are Latin-1 at most, so an ASCII
+    `filename` for old clients and the UTF-8 name as RFC 6266's `filename*`."""
+    name = filename[:100]
+    plain = "".join(c for c in name if c.isascii() and (c.isalnum() or c in "._- ")) or "file"
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def file_routes() -> list[BaseRoute]:
