@@ -73,12 +73,27 @@ def inspect_image(data: bytes, *, param: str) -> ImageInfo:
     return ImageInfo(_FORMATS[fmt], fmt, width, height)
 
 
-def fit_below(data: bytes, info: ImageInfo, max_side: int) -> tuple[bytes, int, int]:
-    """Scale an image so both sides are at most `max_side`, keeping its aspect and format.
+_TURNED = (5, 6, 7, 8)  # EXIF orientations shown a quarter turn from how they are stored
 
-    Returns the original bytes untouched when they already fit.
+
+def shown_size(img: Image.Image) -> tuple[int, int]:
+    """An image's size as viewers show it: a phone's portrait photo is stored landscape with
+    an EXIF orientation that turns it upright."""
+    width, height = img.size
+    if img.getexif().get(0x0112) in _TURNED:
+        return height, width
+    return width, height
+
+
+def fit_below(data: bytes, info: ImageInfo, max_side: int) -> tuple[bytes, int, int]:
+    """Scale an image so both sides are at most `max_side`, keeping its aspect and format,
+    upright as shown (the EXIF orientation applied; upstream models read no EXIF).
+
+    Returns the original bytes untouched when they already fit and need no turning.
     """
-    if info.width <= max_side and info.height <= max_side:
+    with Image.open(io.BytesIO(data)) as img:
+        orientation = img.getexif().get(0x0112, 1)
+    if info.width <= max_side and info.height <= max_side and orientation in (None, 1):
         return data, info.width, info.height
     with Image.open(io.BytesIO(data)) as img:
         if img.format == "JPEG":

@@ -14,16 +14,17 @@ import warnings
 from PIL import Image
 
 from flux_proxy.errors import ApiError, invalid
-from flux_proxy.images import MAX_PIXELS
+from flux_proxy.images import MAX_PIXELS, shown_size
 from flux_proxy.job import ReferenceImage
 
 _HOW = "a PNG with an alpha channel whose fully transparent pixels mark the area to edit"
 
 
 def image_size(data: bytes) -> tuple[int, int]:
-    """The size of an (already checked) image, from its header alone."""
+    """The size of an (already checked) image as shown (EXIF orientation applied), from its
+    header alone."""
     with Image.open(io.BytesIO(data)) as img:
-        return img.size
+        return shown_size(img)
 
 
 def convert_mask(

@@ -386,6 +386,35 @@ def test_an_edit_with_no_size_is_1024_on_the_longer_side_in_the_first_images_sha
     assert shapes == [("688", "1024"), ("1024", "1024"), ("1024", "768")]
 
 
+def phone_photo(width: int, height: int) -> bytes:
+    """A JPEG stored `width`x`height` with EXIF orientation 6, as phones save a portrait photo:
+    shown rotated 90 degrees clockwise, `height`x`width`."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 90, 160)).save(out, format="JPEG", exif=exif)
+    return out.getvalue()
+
+
+def test_a_phone_photos_edit_follows_the_photo_as_shown_not_as_stored(proxy, emulator):
+    # A portrait phone photo is stored landscape with an EXIF rotation. The reference sent
+    # upstream was turned upright while the edit's size followed the stored shape, so FLUX.2
+    # was asked for a landscape image of a portrait photo (and a small photo for the SD
+    # models went upstream sideways, EXIF and all).
+    client = client_for(proxy)
+    client.images.edit(model="gpt-image-1", image=("p.jpg", phone_photo(900, 600)), prompt="x")
+    client.images.edit(
+        model="stable-diffusion-v1-5-img2img", image=("s.jpg", phone_photo(300, 200)), prompt="x"
+    )
+    flux, sd = emulator.calls()
+    assert (flux["fields"]["width"], flux["fields"]["height"]) == ("688", "1024")
+    reference = flux["files"]["input_image_0"]
+    assert reference["width"] < reference["height"]
+    assert (sd["fields"]["width"], sd["fields"]["height"]) == (256, 384)
+    (changed,) = [f for f in sd["files"].values() if f["format"]]
+    assert (changed["width"], changed["height"]) == (200, 300)
+
+
 def test_an_img2img_edit_with_no_size_keeps_the_images_shape_and_a_size_still_wins(proxy, emulator):
     client = client_for(proxy)
     for size in (None, "512x512"):
