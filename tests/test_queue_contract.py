@@ -181,3 +181,26 @@ async def test_concurrent_consumers_never_get_the_same_entry(make_queue):
     results = await asyncio.gather(*(drain(q, f"c{i}") for i, q in enumerate(queues)))
     everything = [entry for taken in results for entry in taken]
     assert sorted(everything) == sorted(f"job-{n}" for n in range(30))
+
+
+async def test_redis_that_came_back_empty_still_hands_out_new_entries(redis_prefix):
+    """A Redis restarted without persistence (or flushed, or failed over to an empty
+    replica) has lost the stream and its consumer group; jobs submitted afterwards must run,
+    not fail `XREADGROUP` with NOGROUP on every claim while their 202s wait forever."""
+    import redis.asyncio as aioredis
+
+    queue = RedisQueue(REDIS_URL, redis_prefix)
+    await queue.open()
+    try:
+        await queue.put("jobs", "before", b"x")
+        assert (await queue.claim("jobs", "a", LONG)).entry_id == "before"
+        wipe = aioredis.Redis.from_url(REDIS_URL)
+        await wipe.delete(f"{redis_prefix}queue:jobs")  # what an empty Redis looks like
+        await wipe.aclose()
+        await queue.put("jobs", "after", b"y")
+        delivery = await queue.claim("jobs", "a", LONG)
+        assert delivery is not None and delivery.entry_id == "after"
+        await queue.ack(delivery)
+        assert await queue.claim("jobs", "a", LONG) is None
+    finally:
+        await queue.close()

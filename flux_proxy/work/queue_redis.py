@@ -92,6 +92,19 @@ class RedisQueue:
     async def claim(self, kind: str, consumer: str, lease: float) -> Delivery | None:
         stream = self._stream(kind)
         await self._ensure_group(stream)
+        try:
+            return await self._claim(kind, stream, consumer, lease)
+        except ResponseError as exc:
+            # A Redis that came back empty (no persistence, a flush, failover to an empty
+            # replica) lost the group this process made; make it again rather than fail
+            # every claim from now on.
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups.discard(stream)
+            await self._ensure_group(stream)
+            return await self._claim(kind, stream, consumer, lease)
+
+    async def _claim(self, kind: str, stream: str, consumer: str, lease: float) -> Delivery | None:
         client = self._client()
         lease_ms = max(1, math.ceil(lease * 1000))
         cursor = "0-0"
