@@ -33,6 +33,7 @@ from flux_proxy.mcp.http import McpHttp
 from flux_proxy.metrics import Metrics
 from flux_proxy.pool import AccountPool
 from flux_proxy.settings import Settings, load_settings
+from flux_proxy.shutdown import ShutdownSignal
 from flux_proxy.store.base import StateStore, StoreUnavailable
 from flux_proxy.store.factory import open_store
 from flux_proxy.upstream.client import WorkersAIClient
@@ -100,7 +101,9 @@ def create_app(
             app.state.services.batches = app.state.batches
             app.state.batches.runner.start()
             stack.push_async_callback(app.state.batches.runner.stop)
-            app.state.services.jobs = await start_jobs(app.state.services, stack)
+            shutdown = ShutdownSignal()
+            app.state.services.jobs = await start_jobs(app.state.services, stack, shutdown)
+            stack.enter_context(shutdown.watching())
             await stack.enter_async_context(keyring.watching())
             log_event(
                 "started",

@@ -208,3 +208,45 @@ def test_a_job_cancelled_on_replica_b_while_a_waits_for_a_slot_is_never_sent(
         if b is not None:
             b.proc.stop()
         fresh.reset()
+
+
+def test_sigterm_with_a_stuck_job_and_a_stuck_request_exits_within_one_grace(tmp_path, fresh):
+    """Docker's `stop_grace_period` (35 s against the default 30 s grace) assumes one grace
+    period. Job workers used to get a second one of their own after the requests' had run
+    out, so a running job and a long request together took twice the grace and Docker's
+    SIGKILL came first."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    grace = 3.0
+    fresh.fault(kind="timeout", latency=60.0)  # every call hangs past the grace
+    env = {
+        "STATE_BACKEND": "sqlite",
+        "DATA_DIR": tmp_path / "data",
+        "JOB_WORKERS": 1,
+        "SHUTDOWN_GRACE_SECONDS": grace,
+    }
+    proxy = start_proxy(tmp_path / "first", fresh, **env)
+    try:
+        proxy.generate(headers=ASYNC, prompt="stuck job", **SMALL)
+        wait_until(lambda: len(fresh.calls()) == 1, 20, "the job's call")
+        with ThreadPoolExecutor(1) as pool:
+            live = pool.submit(
+                lambda: _quietly(lambda: proxy.generate(timeout=30, prompt="stuck live", **SMALL))
+            )
+            wait_until(lambda: len(fresh.calls()) == 2, 20, "the live call")
+            proxy.proc.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            proxy.proc.process.wait(timeout=20)
+            exited_after = time.monotonic() - signalled
+            live.result(timeout=10)
+        assert exited_after < grace + 2.0, exited_after
+    finally:
+        proxy.proc.stop()
+
+
+def _quietly(call):
+    try:
+        return call()
+    except httpx.HTTPError as error:
+        return error

@@ -23,6 +23,7 @@ from flux_proxy.api.parse import ImageRequest, build_image_request
 from flux_proxy.api.render import images_body
 from flux_proxy.api.variations import build_variation_request
 from flux_proxy.logs import log_event
+from flux_proxy.shutdown import ShutdownSignal
 from flux_proxy.store.base import JobRecord
 from flux_proxy.work.cache import CachePolicy
 from flux_proxy.work.jobs import JobService
@@ -117,9 +118,12 @@ def image_job_runner(svc):
     return run
 
 
-async def start_jobs(svc, stack: contextlib.AsyncExitStack) -> JobService:
+async def start_jobs(
+    svc, stack: contextlib.AsyncExitStack, shutdown: ShutdownSignal | None = None
+) -> JobService:
     """Open the work queue and start the job workers for the app's lifespan; both stop when
-    `stack` unwinds (the workers first, within the shutdown grace)."""
+    `stack` unwinds (the workers first, within what is left of the shutdown grace). At the
+    `shutdown` signal the workers stop taking jobs; the ones running go on."""
     settings = svc.settings
     queue = open_queue(settings, svc.clock)
     try:
@@ -140,5 +144,11 @@ async def start_jobs(svc, stack: contextlib.AsyncExitStack) -> JobService:
     for kind in BUILDERS:
         service.register(kind, runner)
     await service.start()
-    stack.push_async_callback(service.stop, settings.shutdown_grace_seconds)
+    shutdown = shutdown or ShutdownSignal()
+    shutdown.on_signal(service.drain)
+
+    async def stop() -> None:
+        await service.stop(shutdown.remaining(settings.shutdown_grace_seconds))
+
+    stack.push_async_callback(stop)
     return service

@@ -161,6 +161,11 @@ class JobService:
             asyncio.create_task(self._work(), name=f"job-worker-{n}") for n in range(self.workers)
         ]
 
+    def drain(self) -> None:
+        """Take no more jobs (the process was told to stop); the running ones go on."""
+        self._stopping = True
+        self._wake.set()
+
     async def stop(self, grace: float = 0.0) -> None:
         """Stop taking jobs; let the ones running finish within `grace` seconds. A job cut
         off stays `in_progress` with its queue entry held, and is taken up again after the
