@@ -365,9 +365,10 @@ def test_live_and_ready_when_accounts_can_serve(observed):
     assert (ready_answer.status_code, ready_answer.json()["status"]) == (200, "ready")
 
 
-def test_when_no_account_can_serve_health_is_degraded_ready_fails_and_live_holds(
-    make_proxy, emulator
-):
+def test_when_no_account_can_serve_health_is_degraded_ready_and_live_hold(make_proxy, emulator):
+    """Spent accounts are the shared pool's: every replica is in the same position, and a
+    balancer that took them all out would hide the 429's Retry-After and every job, batch
+    and file a caller polls until 00:00 UTC. /health says degraded; ready stays 200."""
     clock = FrozenClock(time.time())
     proxy = make_proxy(clock=clock, accounts=emulator.account_configs()[:1])
     emulator.fault(account=emulator.account_id(1), status=429, code=3036, count=1)
@@ -385,5 +386,22 @@ def test_when_no_account_can_serve_health_is_degraded_ready_fails_and_live_holds
     assert health.json()["status"] == "degraded"
     assert midnight in health.json()["reason"]
     ready_answer = httpx.get(proxy.url + "/health/ready", timeout=10)
-    assert (ready_answer.status_code, ready_answer.json()["status"]) == (503, "not_ready")
+    assert (ready_answer.status_code, ready_answer.json()["status"]) == (200, "ready")
+    assert midnight in ready_answer.json()["reason"]
     assert httpx.get(proxy.url + "/health/live", timeout=10).status_code == 200
+
+
+def test_ready_fails_when_every_token_is_refused(make_proxy, emulator):
+    """A configuration no day fixes (a rollout with bad tokens) must not take traffic."""
+    proxy = make_proxy(accounts=emulator.account_configs()[:1])
+    emulator.fault(account=emulator.account_id(1), status=401, code=10000)
+    refused = httpx.post(
+        proxy.base_url + "/images/generations",
+        json={"prompt": "a heron", "size": "256x256"},
+        headers=proxy.auth,
+        timeout=30,
+    )
+    assert refused.status_code == 503
+    ready_answer = httpx.get(proxy.url + "/health/ready", timeout=10)
+    assert (ready_answer.status_code, ready_answer.json()["status"]) == (503, "not_ready")
+    assert "disabled" in ready_answer.json()["reason"]

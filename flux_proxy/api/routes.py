@@ -283,13 +283,18 @@ async def health_live(request: Request) -> Response:
 
 
 async def health_ready(request: Request) -> Response:
+    """Whether this replica should get traffic. Spent or cooling accounts do not make it
+    unready: they are the pool's, shared by every replica, so a load balancer taking them all
+    out would only turn the 429 with its Retry-After into its own 503, and hide the job
+    results, batches, files and usage callers poll meanwhile (for hours, until 00:00 UTC).
+    No accounts, every token refused, or a store it can neither use nor stand in for do."""
     svc = services(request)
     accounts = await svc.pool.snapshot()
     store = await svc.store.status()
     status, reason = _availability(accounts)
-    if status == "ok" and not store.get("ok") and not store.get("serving"):
-        status, reason = "degraded", f"state store not ok: {store.get('detail')}"
-    ready = status == "ok"
+    if status != "unavailable" and not store.get("ok") and not store.get("serving"):
+        status, reason = "unavailable", f"state store not ok: {store.get('detail')}"
+    ready = status != "unavailable"
     return json_response(
         {"status": "ready" if ready else "not_ready", "reason": reason}, 200 if ready else 503
     )
