@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flux_proxy.api.image_jobs import start_jobs
-from flux_proxy.api.middleware import ApiKeyMiddleware, RequestContextMiddleware
+from flux_proxy.api.middleware import ApiKeyMiddleware, RequestContextMiddleware, note
 from flux_proxy.api.openapi import openapi_route
 from flux_proxy.api.render import error_response
 from flux_proxy.api.routes import Services, routes
@@ -180,6 +180,7 @@ async def _start_emulator(settings: Settings, stack: contextlib.AsyncExitStack) 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    note(request.scope, code=exc.code or exc.type)  # which 429, which 400, on the log line
     return error_response(exc)
 
 

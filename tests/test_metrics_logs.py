@@ -253,6 +253,15 @@ def test_one_json_line_per_request_with_its_outcome(observed):
     assert _lines(observed, "obs-1", "request")[0]["model"] == MODEL
 
 
+def test_a_refused_request_logs_its_error_code(observed):
+    """A 429 may be the key's quota or the pool's spent accounts, a 400 any parameter: the
+    operator reading the line must see which, as the caller did."""
+    [line] = _lines(observed, "obs-3", "request")
+    assert line["code"] == observed.responses["obs-3"].json()["error"]["code"]
+    assert line["code"]
+    assert "code" not in _lines(observed, "obs-1", "request")[0]
+
+
 def test_one_json_line_per_upstream_attempt_with_account_code_latency_and_neurons(observed):
     first = _lines(observed, "obs-1", "upstream_attempt")
     assert [(a["account"], a["outcome"], a["cf_code"]) for a in first] == [

@@ -171,6 +171,7 @@ class ApiKeyMiddleware:
                 code="invalid_api_key",
                 headers={"www-authenticate": "Bearer"},
             )
+            note(scope, code=error.code)
             await error_response(error)(scope, receive, send)
             return
         scope.setdefault("state", {})["caller"] = caller
