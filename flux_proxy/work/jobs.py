@@ -93,6 +93,7 @@ class JobService:
         self._wake = asyncio.Event()
         self._stopping = False
         self._running: dict[str, asyncio.Task] = {}  # job id -> its run, in this process
+        self._queue_down = False  # said once per outage, not per worker per retry
 
     def register(self, kind: str, runner: JobRunner) -> None:
         self._runners[kind] = runner
@@ -187,9 +188,14 @@ class JobService:
             try:
                 delivery = await self.queue.claim(QUEUE_KIND, self.consumer, self.lease)
             except Exception as exc:  # the queue's store is away; try again shortly
-                log_event("job_queue_unavailable", logging.WARNING, error=type(exc).__name__)
+                if not self._queue_down:
+                    self._queue_down = True
+                    log_event("job_queue_unavailable", logging.WARNING, error=type(exc).__name__)
                 await self._idle(BACKOFF)
                 continue
+            if self._queue_down:
+                self._queue_down = False
+                log_event("job_queue_recovered")
             if delivery is None:
                 await self._idle(self.poll_interval)
                 continue
