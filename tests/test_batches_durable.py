@@ -6,6 +6,8 @@ output; a line is called upstream again only if its call was in flight at the ki
 from __future__ import annotations
 
 import collections
+import socket
+import time
 
 import openai
 import procs
@@ -136,3 +138,67 @@ def _finished_lines(proxy) -> list[int]:
         for line in proxy.log_lines()
         if line.get("event") == "batch_line" and line.get("recorded")
     ]
+
+
+def _persistent_redis(workdir, port=None) -> procs.Proc:
+    """A redis-server that keeps its data across a restart (append-only, as compose runs it)."""
+    port = port or procs.free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(workdir)]
+    proc = procs.spawn("redis", argv, procs.clean_env(), workdir, port)
+    deadline = time.monotonic() + 10
+    while not _pong(port):
+        if not proc.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server did not start:\n{proc.output()[-2000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+def _pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not procs.redis_server_available(), reason="needs redis-server")
+def test_lines_finished_while_redis_is_away_are_recorded_when_it_returns(tmp_path):
+    """Lines whose images were made while Redis was down used to be dropped unrecorded and
+    sat in the batch's pending list until BATCH_LINE_LEASE_SECONDS (10 min by default), then
+    were made and paid again. Now the runner keeps each finished line and records it once
+    Redis answers again."""
+    emulator = procs.shared_emulator()
+    emulator.config(latency=2.0)
+    redis_dir = tmp_path / "redis"
+    redis = _persistent_redis(redis_dir)
+    env = {
+        "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+        "DATA_DIR": tmp_path / "data",
+        **RUNNER,
+        "BATCH_LINE_LEASE_SECONDS": 300,  # no takeover within the test: recording must do
+    }
+    proxy = procs.start_proxy(tmp_path / "proxy", emulator, **env)
+    try:
+        with _client(proxy) as client:
+            uploaded = client.files.create(
+                file=("in.jsonl", jsonl(generation_lines(3))), purpose="batch"
+            )
+            batch = client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/v1/images/generations",
+                completion_window="24h",
+            )
+            wait_until(lambda: len(emulator.calls()) == 3, what="three lines in flight")
+            redis.kill9()  # the calls finish while Redis is away
+            time.sleep(3.5)
+            redis = _persistent_redis(redis_dir, redis.port)
+            done = wait_for(client, batch.id, ("completed", "failed", "expired"), timeout=40)
+            assert done.status == "completed", done
+            assert done.request_counts.completed == 3
+        assert len(emulator.calls()) == 3  # each image made and paid once
+    finally:
+        proxy.proc.stop()
+        redis.stop()
+        emulator.config(latency=0)

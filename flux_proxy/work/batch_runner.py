@@ -361,7 +361,7 @@ class BatchRunner:
     ) -> None:
         if request_id is not None and result.get("id") is None:
             result["id"] = request_id
-        counts = await self.store.finish_line(claim, outcome, output_line(result), neurons)
+        counts = await self._finish_line(claim, outcome, output_line(result), neurons)
         if counts is not None:
             self.metrics.child(self.metrics.batch_lines, outcome).inc()
         log_event(
@@ -373,6 +373,18 @@ class BatchRunner:
         )
         if counts is not None and finished_lines(counts) >= doc["request_counts"]["total"]:
             await self.finalize(doc["id"])
+
+    async def _finish_line(
+        self, claim: LineClaim, outcome: str, line: str, neurons: float
+    ) -> dict | None:
+        """Record the outcome, waiting while the shared state is away: the line's image is
+        made and paid, and a line left unrecorded is made again once its lease lapses.
+        Recording is once only, so a try whose answer was lost is safe to repeat."""
+        while True:
+            try:
+                return await self.store.finish_line(claim, outcome, line, neurons)
+            except StoreUnavailable:
+                await asyncio.sleep(self.settings.batch_poll_seconds)
 
     # --- the end of a batch -----------------------------------------------------------------
 
