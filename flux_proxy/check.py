@@ -131,6 +131,8 @@ async def read_state(
     try:
         status = await store.status()
         if not status.get("ok"):
+            if status.get("serving"):  # the proxy's own fallback; the check has none
+                return None, "unreachable"
             return None, str(status.get("detail") or "not healthy")
         entries = await AccountPool(settings, client, store, clock).snapshot()
         return {entry["number"]: entry for entry in entries}, str(status.get("detail") or "")

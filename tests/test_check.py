@@ -241,6 +241,9 @@ async def test_unreachable_state_store_makes_state_unknown(emulator, tmp_path):
     assert row(output, 1).split()[2] == "ok"
     assert row(output, 1).split()[3] == "unknown"
     assert "state store could not be read" in output
+    # check serves nothing: the running proxy's "serving from local state" is not its news
+    assert "serving from local state" not in output
+    assert "state store: redis, unreachable" in output
 
 
 async def test_redis_backend_without_url_is_a_configuration_error(tmp_path):
