@@ -204,6 +204,7 @@ async def test_references_that_would_need_the_network_or_are_no_image_are_refuse
             "generate_image", {"prompt": "x", "reference_images": ["photos/cat.png"]}
         )
         too_many = await client.call_tool("generate_image", {"prompt": "x", "n": 5})
+        too_few = await client.call_tool("generate_image", {"prompt": "x", "n": 0})
         no_images = await client.call_tool("edit_image", {"prompt": "x"})
         masked = await client.call_tool(
             "edit_image",
@@ -216,6 +217,10 @@ async def test_references_that_would_need_the_network_or_are_no_image_are_refuse
     assert relative.is_error and f"working directory, {tmp_path}" in text_of(relative)
     assert "absolute path" in text_of(relative)
     assert too_many.is_error and "between 1 and 4" in text_of(too_many)
+    # The tool's own limit, as its schema says, not the HTTP API's 1-10.
+    assert text_of(too_few) == (
+        "n must be between 1 and 4 (every image comes back in one answer); got 0"
+    )
     assert no_images.is_error and no_images.structured_content["error"]["param"] == "images"
     masked_body = {"prompt": "x", "images": [data_url(png())], "mask": data_url(png()), **SMALL}
     assert text_of(masked) == await _http_api_message(masked_body, edit=True)

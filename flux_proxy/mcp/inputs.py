@@ -35,9 +35,10 @@ def image_arguments(
     n: Any,
 ) -> dict[str, Any]:
     """The plain fields, as a JSON body would carry them (absent ones left out)."""
-    if isinstance(n, int) and not isinstance(n, bool) and n > MAX_N:
+    if isinstance(n, int) and not isinstance(n, bool) and not 1 <= n <= MAX_N:
         raise invalid(
-            f"n must be between 1 and {MAX_N} (every image comes back in one answer)", param="n"
+            f"n must be between 1 and {MAX_N} (every image comes back in one answer); got {n}",
+            param="n",
         )
     values = {"prompt": prompt, "model": model, "size": size, "steps": steps, "seed": seed, "n": n}
     return {name: value for name, value in values.items() if value is not None}
