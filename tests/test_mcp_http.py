@@ -41,13 +41,28 @@ async def test_mcp_http_refuses_a_missing_or_wrong_key_before_any_upstream_call(
             headers={"accept": "application/json, text/event-stream"},
         )
     assert bare.status_code == 401
-    assert bare.json()["error"]["code"] == "invalid_api_key"
     assert bare.headers["www-authenticate"] == "Bearer"
+    # A JSON-RPC error, which MCP clients surface, carrying the OpenAI error as its data.
+    refusal = bare.json()
+    assert refusal["jsonrpc"] == "2.0" and refusal["id"] is None
+    assert refusal["error"]["message"] == KEY_MESSAGE
+    assert refusal["error"]["data"]["error"]["code"] == "invalid_api_key"
     for key in (None, "not-the-key"):
-        with pytest.raises(Exception):  # noqa: B017 - the SDK wraps the 401 in task groups
+        with pytest.raises(Exception) as refused:  # the SDK wraps it in task groups
             async with http_mcp(mcp_url(proxy), key) as client:
                 await client.call_tool("generate_image", {"prompt": "x", **SMALL})
+        # What the host shows: why, not "Server returned an error response".
+        assert [str(error) for error in _leaves(refused.value)] == [KEY_MESSAGE]
     assert emulator.calls() == []
+
+
+KEY_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>'"
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 async def test_mcp_http_with_the_right_key_makes_an_image_with_progress_and_a_served_original(
