@@ -170,6 +170,27 @@ async def test_no_account_left_is_a_tool_error_that_says_when(make_proxy, emulat
     assert "usable again" in text_of(result) and "T00:00:00Z)" in text_of(result)  # midnight UTC
 
 
+async def test_budgets_too_small_for_this_image_say_a_smaller_one_can_be_made_now(
+    make_proxy, emulator
+):
+    """Every account has neurons left, only not the 3,750 of a 1024x1024 flux-2-dev image:
+    the 429 must not read as "nothing until midnight" to an agent, who would give up."""
+    proxy = make_proxy(daily_neurons=5000)
+    dev = {"model": "flux-2-dev", "size": "1024x1024"}
+    async with http_mcp(mcp_url(proxy), proxy.key) as client:
+        for _ in range(3):  # 3,750 of each account's 5,000
+            made = await client.call_tool("generate_image", {"prompt": "x", **dev})
+            assert not made.is_error, text_of(made)
+        result = await client.call_tool("generate_image", {"prompt": "x", **dev})
+        smaller = await client.call_tool("generate_image", {"prompt": "x", **SMALL})
+    assert result.is_error
+    assert result.structured_content["error"]["code"] == "accounts_exhausted"
+    text = text_of(result)
+    assert "T00:00:00Z)" in text  # the HTTP API's message first
+    assert "3,750 neurons" in text and "1,250" in text and "can be made now" in text
+    assert not smaller.is_error, text_of(smaller)
+
+
 async def test_own_image_urls_are_read_from_the_store_and_server_files_never(make_proxy, emulator):
     proxy = make_proxy()
     sdk = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=proxy.key, max_retries=0)
