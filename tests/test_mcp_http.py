@@ -316,9 +316,15 @@ async def test_submit_batch_queues_prompts_that_batch_status_reports_with_their_
                 (url,) = line["urls"]
                 image = Image.open(io.BytesIO((await http.get(url)).content))
                 assert image.size == (256, 256)
+        # batch_status says its URLs, like the image tools', can be passed back.
+        edited = await client.call_tool(
+            "edit_image", {"prompt": "make it blue", "images": [url], **SMALL}
+        )
+        assert not edited.is_error, text_of(edited)
         missing = await client.call_tool("batch_status", {"batch_id": "batch_nope"})
         assert missing.is_error
-    assert len(emulator.calls()) == 3
+    assert len(emulator.calls()) == 4
+    assert emulator.calls()[-1]["files"]["input_image_0"]["width"] == 256
     # The batch is the HTTP API's own: the same key sees it there.
     with openai.OpenAI(base_url=proxy.base_url, api_key=proxy.key, max_retries=0) as sdk:
         assert sdk.batches.retrieve(batch["id"]).status == "completed"

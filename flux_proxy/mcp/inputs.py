@@ -2,7 +2,7 @@
 judged by the same rules, with the same messages, as an OpenAI client's.
 
 Reference images may be `data:` URLs (passed on untouched), this proxy's own image URLs
-(`…/v1/images/files/<name>`, read from the image store: the network is never fetched), and,
+(`…/v1/images/files/<name>`, read from its image stores: the network is never fetched), and,
 over stdio only, local file paths or `file://` URLs. Everything becomes a `data:` URL in the
 caller's order, so the validator sees one kind of reference and `input_image_0..N` keep
 that order upstream.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import mimetypes
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -48,7 +49,7 @@ async def as_data_urls(
     items: Any,
     *,
     param: str,
-    images: ImageStore,
+    images: Sequence[ImageStore],
     max_bytes: int,
     local_files: bool,
 ) -> Any:
@@ -73,7 +74,7 @@ async def as_data_urls(
 
 
 async def _as_data_url(
-    item: str, *, param: str, images: ImageStore, max_bytes: int, local_files: bool
+    item: str, *, param: str, images: Sequence[ImageStore], max_bytes: int, local_files: bool
 ) -> str:
     text = item.strip()
     if text[:5].lower() == "data:":
@@ -98,7 +99,9 @@ def _is_windows_drive(text: str) -> bool:
     return len(text) > 2 and text[1] == ":" and text[0].isalpha()
 
 
-async def _own_image(path: str, *, param: str, images: ImageStore) -> str:
+async def _own_image(path: str, *, param: str, images: Sequence[ImageStore]) -> str:
+    """One of this proxy's images, from the first of its stores that has it (URL answers',
+    then batch answers', as `GET /v1/images/files/<name>` looks)."""
     if not path.startswith(FILES_PATH):
         raise invalid(
             f"{param}: only this proxy's own image URLs (…{FILES_PATH}<name>) and data: URLs "
@@ -106,7 +109,11 @@ async def _own_image(path: str, *, param: str, images: ImageStore) -> str:
             param=param,
             code="unsupported_url",
         )
-    found = await images.get(path.removeprefix(FILES_PATH))
+    name = path.removeprefix(FILES_PATH)
+    found = None
+    for store in images:
+        if (found := await store.get(name)) is not None:
+            break
     if found is None:
         raise invalid(
             f"{param}: no such image on this proxy, or it has expired",

@@ -55,8 +55,9 @@ async def image_tool(
                 param="images",
                 code="missing_required_parameter",
             )
+        own_images = [svc.images] + ([svc.batches.images] if svc.batches is not None else [])
         resolve = {
-            "images": svc.images,
+            "images": own_images,
             "max_bytes": svc.settings.max_image_bytes,
             "local_files": tc.local_files,
         }
