@@ -349,3 +349,26 @@ async def test_account_status_for_a_user_key_is_the_summary_health_gives_it(
     for number in (1, 2, 3):
         assert emulator.account_id(number)[-4:] not in str(user)
     assert [entry["number"] for entry in admin["accounts"]] == [1, 2, 3]
+
+
+async def test_a_key_limited_to_some_models_is_told_which_when_it_leaves_out_model(
+    make_proxy, emulator, tmp_path
+):
+    """The tools' schema says model may be left out (default flux-2-dev); a key without
+    flux-2-dev that does so must learn what it may send, and list_models must not name a
+    default the key cannot use."""
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        '[[keys]]\nname = "bob"\nkey = "bob-secret-key-1"\nrole = "user"\n'
+        'models = ["flux-2-klein-4b", "flux-1-schnell"]\n'
+    )
+    proxy = make_proxy(api_keys_file=keys)
+    async with http_mcp(mcp_url(proxy), "bob-secret-key-1") as client:
+        refused = await client.call_tool("generate_image", {"prompt": "x"})
+        listing = (await client.call_tool("list_models", {})).structured_content
+    assert refused.is_error and refused.structured_content["error"]["code"] == "model_not_allowed"
+    assert "it may use flux-2-klein-4b, flux-1-schnell" in text_of(refused)
+    assert [m["short_name"] for m in listing["models"]] == ["flux-2-klein-4b", "flux-1-schnell"]
+    assert listing["default_model"] is None
+    assert not any(m["default"] for m in listing["models"])
+    assert emulator.calls() == []
