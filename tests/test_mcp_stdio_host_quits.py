@@ -134,3 +134,42 @@ def test_sigterm_with_stdin_still_open_exits_at_once_and_counts_the_sent_call(
     account = asyncio.run(_account_1(tmp_path / "second", env))
     estimate = find_model("flux-2-klein-4b").estimate_neurons(512, 512, None)
     assert account["neurons_used_today"] == pytest.approx(estimate)
+
+
+def test_sigterm_with_stdin_open_still_removes_the_emulators_throwaway_data_dir(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = stdio_env(None, tmp_path, TMPDIR=scratch)
+    del env["DATA_DIR"]  # --emulator without DATA_DIR: a temporary directory, removed at exit
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw-test", "version": "0"},
+        },
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flux_proxy", "mcp", "--emulator"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+        text=True,
+    )
+    try:
+        child.stdin.write(json.dumps(hello) + "\n")
+        child.stdin.flush()
+        assert json.loads(child.stdout.readline())["id"] == 1
+        assert [p.name[:15] for p in scratch.iterdir()] == ["flux-proxy-mcp-"]
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=5) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.stdin.close()
+        child.stdout.close()
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("flux-proxy-mcp-")] == []

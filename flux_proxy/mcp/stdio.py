@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)  # to stderr
-    with _throwaway_data_dir(settings, args.emulator) as settings:
-        anyio.run(_serve, settings, args.emulator)
+    with contextlib.ExitStack() as leaving:
+        settings = leaving.enter_context(_throwaway_data_dir(settings, args.emulator))
+        anyio.run(_serve, settings, args.emulator, leaving)
     return 0
 
 
@@ -55,7 +56,7 @@ def _throwaway_data_dir(settings, emulator: bool):
         yield settings.model_copy(update={"data_dir": Path(scratch)})
 
 
-async def _serve(settings, emulator: bool) -> None:
+async def _serve(settings, emulator: bool, leaving: contextlib.ExitStack) -> None:
     import secrets
 
     from mcp.server.mcpserver import Context
@@ -87,7 +88,8 @@ async def _serve(settings, emulator: bool) -> None:
     if stdin_open:
         # SIGTERM while the host kept stdin open: the SDK's stdin reader is blocked in a
         # thread that no cancel reaches, and would hold the process until SIGKILL. All is
-        # closed and settled by now, so leave at once.
+        # closed and settled by now, so leave at once (the throwaway DATA_DIR removed first).
+        leaving.close()
         logging.shutdown()
         os._exit(0)
 
