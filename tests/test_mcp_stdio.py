@@ -206,6 +206,9 @@ async def test_references_that_would_need_the_network_or_are_no_image_are_refuse
         too_many = await client.call_tool("generate_image", {"prompt": "x", "n": 5})
         too_few = await client.call_tool("generate_image", {"prompt": "x", "n": 0})
         no_images = await client.call_tool("edit_image", {"prompt": "x"})
+        img2img = await client.call_tool(
+            "generate_image", {"prompt": "x", "model": "stable-diffusion-v1-5-img2img"}
+        )
         masked = await client.call_tool(
             "edit_image",
             {"prompt": "x", "images": [data_url(png())], "mask": data_url(png()), **SMALL},
@@ -222,6 +225,11 @@ async def test_references_that_would_need_the_network_or_are_no_image_are_refuse
         "n must be between 1 and 4 (every image comes back in one answer); got 0"
     )
     assert no_images.is_error and no_images.structured_content["error"]["param"] == "images"
+    # Named by the tool's argument, not the HTTP API's fields (images, image).
+    assert text_of(img2img) == (
+        "stable-diffusion-v1-5-img2img changes an image: send one in reference_images"
+    )
+    assert img2img.structured_content["error"]["param"] == "reference_images"
     masked_body = {"prompt": "x", "images": [data_url(png())], "mask": data_url(png()), **SMALL}
     assert text_of(masked) == await _http_api_message(masked_body, edit=True)
     assert fresh.calls() == []

@@ -156,13 +156,17 @@ def raw_request(fields: dict[str, Any], **references: Any) -> RawRequest:
     return RawRequest(body)
 
 
+_HTTP_IMAGE_FIELDS = " (images, or image in an edit)"  # how the validator names both forms
+
+
 def renamed(error: ApiError, old: str, new: str) -> ApiError:
-    """The validator names JSON fields; a tool whose argument has another name says its own."""
-    if error.param != old:
+    """The validator names JSON fields (and `image`, a multipart edit's); a tool whose
+    argument has another name says its own."""
+    if error.param not in (old, "image"):
         return error
-    message = error.message
-    if message.startswith(f"{old}:"):
-        message = new + message[len(old) :]
+    message = error.message.replace(_HTTP_IMAGE_FIELDS, f" in {new}")
+    if message.startswith(f"{error.param}:"):
+        message = new + message[len(error.param) :]
     return ApiError(
         error.status, message, type=error.type, param=new, code=error.code, headers=error.headers
     )
