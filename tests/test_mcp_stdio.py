@@ -188,6 +188,25 @@ async def test_bad_arguments_are_tool_errors_with_the_http_api_message_and_no_up
     assert fresh.calls() == []
 
 
+async def test_unknown_arguments_are_refused_not_dropped_before_any_upstream_call(tmp_path, fresh):
+    """The SDK drops arguments a tool does not declare: width/height (the HTTP API's fields)
+    made a paid 1024x768 image, and an `image` reference was silently left out."""
+    async with stdio_mcp(tmp_path, stdio_env(fresh.base_url, tmp_path)) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        sized = await client.call_tool(
+            "generate_image", {"prompt": "x", "width": 512, "height": 512, **SMALL}
+        )
+        batch = await client.call_tool("submit_batch", {"prompts": ["x"], "n": 2})
+    assert all(t.input_schema.get("additionalProperties") is False for t in tools.values())
+    assert sized.is_error and text_of(sized) == (
+        "generate_image takes no width, height; its arguments are prompt, model, size, steps, "
+        "seed, n, reference_images (size is WIDTHxHEIGHT, e.g. 512x768)"
+    )
+    assert sized.structured_content["error"]["param"] == "width"
+    assert batch.is_error and text_of(batch).startswith("submit_batch takes no n; ")
+    assert fresh.calls() == []
+
+
 async def test_references_that_would_need_the_network_or_are_no_image_are_refused(
     tmp_path, fresh, png
 ):
