@@ -237,6 +237,7 @@ class AccountPool:
         """One attempt on an account whose slot the caller took. Gives the slot back."""
         number, key = account.number, self._keys_of(account)[0]
         reservation: Reservation | None = None
+        sent = False
         try:
             now = self.clock.now()
             estimate = job.estimated_neurons()
@@ -256,12 +257,14 @@ class AccountPool:
                 self._count_skip(number, "budget")
                 return None
             if progress is None:
+                sent = True
                 attempt = await self._call(account, job, run)
             else:
                 if progress.before_send is not None:
                     await progress.before_send()
                 progress.calling += 1
                 progress.sent += 1
+                sent = True
                 try:
                     attempt = await self._call(account, job, run)
                 finally:
@@ -291,7 +294,11 @@ class AccountPool:
             return None
         finally:
             self.slots.give_back(number)
-            if reservation is not None:
+            if reservation is not None and sent:
+                # A sent call given up (shutdown) is billed by Workers AI all the same: count
+                # its estimate, or the account's day would show neurons it no longer has.
+                await asyncio.shield(self.store.settle(reservation, estimate))
+            elif reservation is not None:
                 # Shielded: a cancelled request (client gone) must still free its neurons.
                 await asyncio.shield(self.store.release(reservation))
 

@@ -41,13 +41,28 @@ async def test_mcp_http_refuses_a_missing_or_wrong_key_before_any_upstream_call(
             headers={"accept": "application/json, text/event-stream"},
         )
     assert bare.status_code == 401
-    assert bare.json()["error"]["code"] == "invalid_api_key"
     assert bare.headers["www-authenticate"] == "Bearer"
+    # A JSON-RPC error, which MCP clients surface, carrying the OpenAI error as its data.
+    refusal = bare.json()
+    assert refusal["jsonrpc"] == "2.0" and refusal["id"] is None
+    assert refusal["error"]["message"] == KEY_MESSAGE
+    assert refusal["error"]["data"]["error"]["code"] == "invalid_api_key"
     for key in (None, "not-the-key"):
-        with pytest.raises(Exception):  # noqa: B017 - the SDK wraps the 401 in task groups
+        with pytest.raises(Exception) as refused:  # the SDK wraps it in task groups
             async with http_mcp(mcp_url(proxy), key) as client:
                 await client.call_tool("generate_image", {"prompt": "x", **SMALL})
+        # What the host shows: why, not "Server returned an error response".
+        assert [str(error) for error in _leaves(refused.value)] == [KEY_MESSAGE]
     assert emulator.calls() == []
+
+
+KEY_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>'"
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 async def test_mcp_http_with_the_right_key_makes_an_image_with_progress_and_a_served_original(
@@ -153,6 +168,27 @@ async def test_no_account_left_is_a_tool_error_that_says_when(make_proxy, emulat
     assert result.structured_content["status"] == 429
     assert result.structured_content["error"]["code"] == "accounts_exhausted"
     assert "usable again" in text_of(result) and "T00:00:00Z)" in text_of(result)  # midnight UTC
+
+
+async def test_budgets_too_small_for_this_image_say_a_smaller_one_can_be_made_now(
+    make_proxy, emulator
+):
+    """Every account has neurons left, only not the 3,750 of a 1024x1024 flux-2-dev image:
+    the 429 must not read as "nothing until midnight" to an agent, who would give up."""
+    proxy = make_proxy(daily_neurons=5000)
+    dev = {"model": "flux-2-dev", "size": "1024x1024"}
+    async with http_mcp(mcp_url(proxy), proxy.key) as client:
+        for _ in range(3):  # 3,750 of each account's 5,000
+            made = await client.call_tool("generate_image", {"prompt": "x", **dev})
+            assert not made.is_error, text_of(made)
+        result = await client.call_tool("generate_image", {"prompt": "x", **dev})
+        smaller = await client.call_tool("generate_image", {"prompt": "x", **SMALL})
+    assert result.is_error
+    assert result.structured_content["error"]["code"] == "accounts_exhausted"
+    text = text_of(result)
+    assert "T00:00:00Z)" in text  # the HTTP API's message first
+    assert "3,750 neurons" in text and "1,250" in text and "can be made now" in text
+    assert not smaller.is_error, text_of(smaller)
 
 
 async def test_own_image_urls_are_read_from_the_store_and_server_files_never(make_proxy, emulator):
@@ -280,9 +316,15 @@ async def test_submit_batch_queues_prompts_that_batch_status_reports_with_their_
                 (url,) = line["urls"]
                 image = Image.open(io.BytesIO((await http.get(url)).content))
                 assert image.size == (256, 256)
+        # batch_status says its URLs, like the image tools', can be passed back.
+        edited = await client.call_tool(
+            "edit_image", {"prompt": "make it blue", "images": [url], **SMALL}
+        )
+        assert not edited.is_error, text_of(edited)
         missing = await client.call_tool("batch_status", {"batch_id": "batch_nope"})
         assert missing.is_error
-    assert len(emulator.calls()) == 3
+    assert len(emulator.calls()) == 4
+    assert emulator.calls()[-1]["files"]["input_image_0"]["width"] == 256
     # The batch is the HTTP API's own: the same key sees it there.
     with openai.OpenAI(base_url=proxy.base_url, api_key=proxy.key, max_retries=0) as sdk:
         assert sdk.batches.retrieve(batch["id"]).status == "completed"
@@ -307,3 +349,26 @@ async def test_account_status_for_a_user_key_is_the_summary_health_gives_it(
     for number in (1, 2, 3):
         assert emulator.account_id(number)[-4:] not in str(user)
     assert [entry["number"] for entry in admin["accounts"]] == [1, 2, 3]
+
+
+async def test_a_key_limited_to_some_models_is_told_which_when_it_leaves_out_model(
+    make_proxy, emulator, tmp_path
+):
+    """The tools' schema says model may be left out (default flux-2-dev); a key without
+    flux-2-dev that does so must learn what it may send, and list_models must not name a
+    default the key cannot use."""
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        '[[keys]]\nname = "bob"\nkey = "bob-secret-key-1"\nrole = "user"\n'
+        'models = ["flux-2-klein-4b", "flux-1-schnell"]\n'
+    )
+    proxy = make_proxy(api_keys_file=keys)
+    async with http_mcp(mcp_url(proxy), "bob-secret-key-1") as client:
+        refused = await client.call_tool("generate_image", {"prompt": "x"})
+        listing = (await client.call_tool("list_models", {})).structured_content
+    assert refused.is_error and refused.structured_content["error"]["code"] == "model_not_allowed"
+    assert "it may use flux-2-klein-4b, flux-1-schnell" in text_of(refused)
+    assert [m["short_name"] for m in listing["models"]] == ["flux-2-klein-4b", "flux-1-schnell"]
+    assert listing["default_model"] is None
+    assert not any(m["default"] for m in listing["models"])
+    assert emulator.calls() == []

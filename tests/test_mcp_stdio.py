@@ -188,6 +188,25 @@ async def test_bad_arguments_are_tool_errors_with_the_http_api_message_and_no_up
     assert fresh.calls() == []
 
 
+async def test_unknown_arguments_are_refused_not_dropped_before_any_upstream_call(tmp_path, fresh):
+    """The SDK drops arguments a tool does not declare: width/height (the HTTP API's fields)
+    made a paid 1024x768 image, and an `image` reference was silently left out."""
+    async with stdio_mcp(tmp_path, stdio_env(fresh.base_url, tmp_path)) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        sized = await client.call_tool(
+            "generate_image", {"prompt": "x", "width": 512, "height": 512, **SMALL}
+        )
+        batch = await client.call_tool("submit_batch", {"prompts": ["x"], "n": 2})
+    assert all(t.input_schema.get("additionalProperties") is False for t in tools.values())
+    assert sized.is_error and text_of(sized) == (
+        "generate_image takes no width, height; its arguments are prompt, model, size, steps, "
+        "seed, n, reference_images (size is WIDTHxHEIGHT, e.g. 512x768)"
+    )
+    assert sized.structured_content["error"]["param"] == "width"
+    assert batch.is_error and text_of(batch).startswith("submit_batch takes no n; ")
+    assert fresh.calls() == []
+
+
 async def test_references_that_would_need_the_network_or_are_no_image_are_refused(
     tmp_path, fresh, png
 ):
@@ -204,7 +223,11 @@ async def test_references_that_would_need_the_network_or_are_no_image_are_refuse
             "generate_image", {"prompt": "x", "reference_images": ["photos/cat.png"]}
         )
         too_many = await client.call_tool("generate_image", {"prompt": "x", "n": 5})
+        too_few = await client.call_tool("generate_image", {"prompt": "x", "n": 0})
         no_images = await client.call_tool("edit_image", {"prompt": "x"})
+        img2img = await client.call_tool(
+            "generate_image", {"prompt": "x", "model": "stable-diffusion-v1-5-img2img"}
+        )
         masked = await client.call_tool(
             "edit_image",
             {"prompt": "x", "images": [data_url(png())], "mask": data_url(png()), **SMALL},
@@ -216,7 +239,16 @@ async def test_references_that_would_need_the_network_or_are_no_image_are_refuse
     assert relative.is_error and f"working directory, {tmp_path}" in text_of(relative)
     assert "absolute path" in text_of(relative)
     assert too_many.is_error and "between 1 and 4" in text_of(too_many)
+    # The tool's own limit, as its schema says, not the HTTP API's 1-10.
+    assert text_of(too_few) == (
+        "n must be between 1 and 4 (every image comes back in one answer); got 0"
+    )
     assert no_images.is_error and no_images.structured_content["error"]["param"] == "images"
+    # Named by the tool's argument, not the HTTP API's fields (images, image).
+    assert text_of(img2img) == (
+        "stable-diffusion-v1-5-img2img changes an image: send one in reference_images"
+    )
+    assert img2img.structured_content["error"]["param"] == "reference_images"
     masked_body = {"prompt": "x", "images": [data_url(png())], "mask": data_url(png()), **SMALL}
     assert text_of(masked) == await _http_api_message(masked_body, edit=True)
     assert fresh.calls() == []

@@ -12,10 +12,11 @@ import secrets
 import time
 
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flux_proxy.api.caller import ANONYMOUS, Caller
-from flux_proxy.api.render import FILES_PATH, error_response
+from flux_proxy.api.render import FILES_PATH, error_response, json_response
 from flux_proxy.errors import ApiError
 from flux_proxy.keys.ring import KeyRing
 from flux_proxy.logs import log_event
@@ -125,6 +126,20 @@ def _is_mcp(path: str) -> bool:
     return path == "/mcp" or path.startswith("/mcp/")
 
 
+def _mcp_error_response(error: ApiError) -> Response:
+    """A refusal on `/mcp` as a JSON-RPC error (the OpenAI error its data): MCP clients show
+    its message, where a body of another shape becomes "Server returned an error response"."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": INVALID_REQUEST, "message": error.message, "data": error.body()},
+    }
+    return json_response(body, error.status, error.headers)
+
+
+INVALID_REQUEST = -32600  # JSON-RPC's, as the MCP SDK's transport uses for its own refusals
+
+
 class ApiKeyMiddleware:
     """`Authorization: Bearer <key>` on `/v1/*` and `/mcp`, except the image files (their
     random names are the credential). The scheme is case-insensitive; the key is looked up in
@@ -172,7 +187,8 @@ class ApiKeyMiddleware:
                 headers={"www-authenticate": "Bearer"},
             )
             note(scope, code=error.code)
-            await error_response(error)(scope, receive, send)
+            respond = _mcp_error_response if _is_mcp(scope["path"]) else error_response
+            await respond(error)(scope, receive, send)
             return
         scope.setdefault("state", {})["caller"] = caller
         note(scope, key_name=caller.name)

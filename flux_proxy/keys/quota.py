@@ -26,7 +26,7 @@ from flux_proxy.errors import ApiError
 from flux_proxy.job import GeneratedImage, ImageJob
 from flux_proxy.logs import log_event
 from flux_proxy.metrics import Metrics
-from flux_proxy.models import ModelSpec
+from flux_proxy.models import MODELS, ModelSpec
 from flux_proxy.settings import Settings
 from flux_proxy.store.base import KeyReservation, StateStore, UsageRow
 
@@ -35,10 +35,12 @@ _UNHELD = itertools.count(1)  # ids of the holds of keys without limits
 
 def model_not_allowed(caller: Caller, model: ModelSpec) -> ApiError:
     """The 403 for a model outside the key's `models` (also a batch line's, up front)."""
+    allowed = [spec.short_name for spec in MODELS if caller.may_use(spec.id)]
+    instead = f"it may use {', '.join(allowed)} (send model), or " if allowed else ""
     return ApiError(
         403,
         f"this API key ({caller.name}) may not use the model {model.short_name!r} "
-        f"({model.id}); ask an admin to add it to the key's `models`",
+        f"({model.id}); {instead}ask an admin to add it to the key's `models`",
         param="model",
         code="model_not_allowed",
     )

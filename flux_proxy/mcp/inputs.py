@@ -2,7 +2,7 @@
 judged by the same rules, with the same messages, as an OpenAI client's.
 
 Reference images may be `data:` URLs (passed on untouched), this proxy's own image URLs
-(`…/v1/images/files/<name>`, read from the image store: the network is never fetched), and,
+(`…/v1/images/files/<name>`, read from its image stores: the network is never fetched), and,
 over stdio only, local file paths or `file://` URLs. Everything becomes a `data:` URL in the
 caller's order, so the validator sees one kind of reference and `input_image_0..N` keep
 that order upstream.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import mimetypes
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -35,9 +36,10 @@ def image_arguments(
     n: Any,
 ) -> dict[str, Any]:
     """The plain fields, as a JSON body would carry them (absent ones left out)."""
-    if isinstance(n, int) and not isinstance(n, bool) and n > MAX_N:
+    if isinstance(n, int) and not isinstance(n, bool) and not 1 <= n <= MAX_N:
         raise invalid(
-            f"n must be between 1 and {MAX_N} (every image comes back in one answer)", param="n"
+            f"n must be between 1 and {MAX_N} (every image comes back in one answer); got {n}",
+            param="n",
         )
     values = {"prompt": prompt, "model": model, "size": size, "steps": steps, "seed": seed, "n": n}
     return {name: value for name, value in values.items() if value is not None}
@@ -47,7 +49,7 @@ async def as_data_urls(
     items: Any,
     *,
     param: str,
-    images: ImageStore,
+    images: Sequence[ImageStore],
     max_bytes: int,
     local_files: bool,
 ) -> Any:
@@ -72,7 +74,7 @@ async def as_data_urls(
 
 
 async def _as_data_url(
-    item: str, *, param: str, images: ImageStore, max_bytes: int, local_files: bool
+    item: str, *, param: str, images: Sequence[ImageStore], max_bytes: int, local_files: bool
 ) -> str:
     text = item.strip()
     if text[:5].lower() == "data:":
@@ -97,7 +99,9 @@ def _is_windows_drive(text: str) -> bool:
     return len(text) > 2 and text[1] == ":" and text[0].isalpha()
 
 
-async def _own_image(path: str, *, param: str, images: ImageStore) -> str:
+async def _own_image(path: str, *, param: str, images: Sequence[ImageStore]) -> str:
+    """One of this proxy's images, from the first of its stores that has it (URL answers',
+    then batch answers', as `GET /v1/images/files/<name>` looks)."""
     if not path.startswith(FILES_PATH):
         raise invalid(
             f"{param}: only this proxy's own image URLs (…{FILES_PATH}<name>) and data: URLs "
@@ -105,7 +109,11 @@ async def _own_image(path: str, *, param: str, images: ImageStore) -> str:
             param=param,
             code="unsupported_url",
         )
-    found = await images.get(path.removeprefix(FILES_PATH))
+    name = path.removeprefix(FILES_PATH)
+    found = None
+    for store in images:
+        if (found := await store.get(name)) is not None:
+            break
     if found is None:
         raise invalid(
             f"{param}: no such image on this proxy, or it has expired",
@@ -148,13 +156,17 @@ def raw_request(fields: dict[str, Any], **references: Any) -> RawRequest:
     return RawRequest(body)
 
 
+_HTTP_IMAGE_FIELDS = " (images, or image in an edit)"  # how the validator names both forms
+
+
 def renamed(error: ApiError, old: str, new: str) -> ApiError:
-    """The validator names JSON fields; a tool whose argument has another name says its own."""
-    if error.param != old:
+    """The validator names JSON fields (and `image`, a multipart edit's); a tool whose
+    argument has another name says its own."""
+    if error.param not in (old, "image"):
         return error
-    message = error.message
-    if message.startswith(f"{old}:"):
-        message = new + message[len(old) :]
+    message = error.message.replace(_HTTP_IMAGE_FIELDS, f" in {new}")
+    if message.startswith(f"{error.param}:"):
+        message = new + message[len(error.param) :]
     return ApiError(
         error.status, message, type=error.type, param=new, code=error.code, headers=error.headers
     )

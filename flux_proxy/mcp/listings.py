@@ -23,8 +23,11 @@ USD_PER_1000_NEURONS = 0.011
 def models_listing(tc: ToolContext) -> dict[str, Any]:
     settings = tc.services.settings
     default = find_model(settings.default_model, settings.model_aliases)
+    named = default.id if default else settings.default_model
+    if default is not None and not tc.caller.may_use(default.id):
+        default = named = None  # leaving out model fails for this key: name no default
     return {
-        "default_model": default.id if default else settings.default_model,
+        "default_model": named,
         "pricing_note": (
             "neurons are Cloudflare's unit; every account gets 10,000 free a day (reset 00:00 "
             f"UTC), paid usage beyond that costs ${USD_PER_1000_NEURONS} per 1,000"

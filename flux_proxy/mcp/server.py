@@ -21,10 +21,12 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import WithJsonSchema
 
 from flux_proxy import __version__
+from flux_proxy.errors import invalid
 from flux_proxy.mcp import batches as mcp_batches
 from flux_proxy.mcp import listings, tools
 from flux_proxy.mcp.context import ToolContext
 from flux_proxy.mcp.inputs import MAX_N
+from flux_proxy.mcp.tools import tool_error
 from flux_proxy.models import MODELS, find_model
 from flux_proxy.settings import Settings
 
@@ -291,7 +293,33 @@ def _tool(
         # Advertised as required; given Python defaults so that a missing one reaches the
         # validator and gets its message ("prompt is required"), not the SDK's.
         tool.parameters["required"] = required
+    tool.parameters["additionalProperties"] = False  # refused by `_Server.call_tool`
     return tool
+
+
+class _Server(MCPServer):
+    """The SDK drops arguments a tool does not declare; refused here instead, before anything
+    runs, so `width` or `image` (the HTTP API's fields) never make a paid image that ignores
+    them."""
+
+    def __init__(self, *args: Any, tools: list[Tool], **kwargs: Any) -> None:
+        super().__init__(*args, tools=tools, **kwargs)
+        self._arguments = {tool.name: list(tool.parameters.get("properties", {})) for tool in tools}
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context | None = None
+    ) -> Any:
+        known = self._arguments.get(name)
+        unknown = [key for key in arguments if known is not None and key not in known]
+        if not unknown:
+            return await super().call_tool(name, arguments, context)
+        hint = ""
+        if {"width", "height"} & set(unknown) and "size" in known:
+            hint = " (size is WIDTHxHEIGHT, e.g. 512x768)"
+        message = (
+            f"{name} takes no {', '.join(unknown)}; its arguments are {', '.join(known)}{hint}"
+        )
+        return tool_error(invalid(message, param=unknown[0], code="unknown_parameter"))
 
 
 def _quiet_server(tool_list: list[Tool]) -> MCPServer:
@@ -299,7 +327,7 @@ def _quiet_server(tool_list: list[Tool]) -> MCPServer:
     (stderr, LOG_FORMAT) must stay what `configure_logging` made it, so that is undone."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    server = MCPServer(
+    server = _Server(
         "flux-proxy",
         version=__version__,
         instructions=INSTRUCTIONS,

@@ -13,7 +13,11 @@ when `mcp` runs.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import logging
+import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -34,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)  # to stderr
-    with _throwaway_data_dir(settings, args.emulator) as settings:
-        anyio.run(_serve, settings, args.emulator)
+    with contextlib.ExitStack() as leaving:
+        settings = leaving.enter_context(_throwaway_data_dir(settings, args.emulator))
+        anyio.run(_serve, settings, args.emulator, leaving)
     return 0
 
 
@@ -51,7 +56,7 @@ def _throwaway_data_dir(settings, emulator: bool):
         yield settings.model_copy(update={"data_dir": Path(scratch)})
 
 
-async def _serve(settings, emulator: bool) -> None:
+async def _serve(settings, emulator: bool, leaving: contextlib.ExitStack) -> None:
     import secrets
 
     from mcp.server.mcpserver import Context
@@ -78,7 +83,51 @@ async def _serve(settings, emulator: bool) -> None:
             )
 
         server = build_mcp_server(services.settings, resolve, local_files=True)
-        await server.run_stdio_async()
+        stdin_open = await _serve_until_stopped(server, services)
+    # Leaving the lifespan gave up what still ran; the pool counted those calls' estimates.
+    if stdin_open:
+        # SIGTERM while the host kept stdin open: the SDK's stdin reader is blocked in a
+        # thread that no cancel reaches, and would hold the process until SIGKILL. All is
+        # closed and settled by now, so leave at once (the throwaway DATA_DIR removed first).
+        leaving.close()
+        logging.shutdown()
+        os._exit(0)
+
+
+async def _serve_until_stopped(server, services) -> bool:
+    """Serve MCP until the host closes stdin or sends SIGTERM (the MCP spec's shutdown: stdin
+    closed, SIGTERM if the server outstays the host's patience, the SDK's client's 2 s, then
+    SIGKILL). Calls already sent to Workers AI are billed either way, so after stdin closes
+    they may finish and be kept, within SHUTDOWN_GRACE_SECONDS or until SIGTERM. True when
+    stopped by SIGTERM with stdin still open (the server's task cannot end)."""
+    loop = asyncio.get_running_loop()
+    sigterm = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows: no such handlers
+        loop.add_signal_handler(signal.SIGTERM, sigterm.set)
+    stopped = asyncio.ensure_future(sigterm.wait())
+    serving = asyncio.ensure_future(server.run_stdio_async())
+    try:
+        await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            serving.result()  # stdin closed (or the server failed: raise why)
+            finishing = asyncio.ensure_future(
+                services.work.finish_sent(services.settings.shutdown_grace_seconds)
+            )
+            await asyncio.wait({finishing, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finishing.cancel()
+            return False
+        # SIGTERM with stdin open: cancel the calls being served (what was sent runs on in
+        # the work layer, which the lifespan then gives up) without waiting on stdin.
+        serving.cancel()
+        await asyncio.wait({serving}, timeout=_UNWIND_SECONDS)
+        return not serving.done()
+    finally:
+        stopped.cancel()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+_UNWIND_SECONDS = 0.5  # for cancelled tool calls to hand their sent calls to the work layer
 
 
 # `flux-proxy mcp`: (help, add_arguments, run), registered in `cli.COMMANDS`.

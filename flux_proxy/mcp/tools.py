@@ -26,6 +26,7 @@ from flux_proxy.mcp.context import ToolContext
 from flux_proxy.mcp.preview import Preview, make_preview
 from flux_proxy.mcp.progress import Report, with_progress
 from flux_proxy.mcp.work import Made, make_images
+from flux_proxy.pool import AccountPool
 
 # --- the image tools ---------------------------------------------------------------------------
 
@@ -44,6 +45,7 @@ async def image_tool(
     """Validate, make and answer one `generate_image` / `edit_image` call."""
     started = time.monotonic()
     svc = tc.services
+    image_request: ImageRequest | None = None
     try:
         plain = inputs.image_arguments(**fields)
         if edit and not references:
@@ -53,8 +55,9 @@ async def image_tool(
                 param="images",
                 code="missing_required_parameter",
             )
+        own_images = [svc.images] + ([svc.batches.images] if svc.batches is not None else [])
         resolve = {
-            "images": svc.images,
+            "images": own_images,
             "max_bytes": svc.settings.max_image_bytes,
             "local_files": tc.local_files,
         }
@@ -75,6 +78,8 @@ async def image_tool(
         result = await _answer(tc, image_request, made)
     except ApiError as error:
         _log_call(tc, tool, started, status=error.status, code=error.code)
+        if error.code == "accounts_exhausted" and image_request is not None:
+            error = await _smaller_fits_now(tc, image_request, error)
         return tool_error(error)
     except Exception as error:  # ours to log, never to show
         log_event(
@@ -108,6 +113,33 @@ def tool_error(error: ApiError) -> CallToolResult:
         content=[TextContent(type="text", text=error.message)],
         structured_content={"status": error.status, **error.body()},
         is_error=True,
+    )
+
+
+async def _smaller_fits_now(tc: ToolContext, request: ImageRequest, error: ApiError) -> ApiError:
+    """The pool's 429 says when an account is usable again; when accounts can serve now, only
+    not an image this large, an agent reading "until 00:00 UTC" would give up: say so."""
+    entries = await tc.services.pool.snapshot()
+    left = [
+        entry["neurons_remaining_today"]
+        for entry in entries
+        if AccountPool.is_usable_now(entry) and entry["neurons_remaining_today"] is not None
+    ]
+    needed = request.job.estimated_neurons()
+    if not left or max(left) >= needed:
+        return error
+    hint = (
+        f". No account has the {needed:,.0f} neurons one image of this request needs today (the "
+        f"most left on one is {max(left):,.0f}); a smaller size, fewer steps or a cheaper model "
+        "(see list_models) can be made now."
+    )
+    return ApiError(
+        error.status,
+        error.message.rstrip(".") + hint,
+        type=error.type,
+        param=error.param,
+        code=error.code,
+        headers=error.headers,
     )
 
 

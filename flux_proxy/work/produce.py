@@ -115,6 +115,15 @@ class ImageWork:
                 return self._replayed(work, kept, on_image)
         return await self._make(work, on_image, claimed=None)
 
+    async def finish_sent(self, seconds: float) -> None:
+        """Wait up to `seconds` for the work whose caller left (sent calls running to
+        their end, their results being kept): a process stopping without a server's grace
+        period (`flux-proxy mcp` once its host closed stdin) gives them this time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self._background and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._background), timeout=left)
+
     async def close(self) -> None:
         """Server shutdown: work still running after the grace period is given up."""
         for task in list(self._background):
